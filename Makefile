@@ -1,0 +1,43 @@
+# peerd build entry points. Everything here works on a fresh machine with Go;
+# `make proto` additionally needs protoc (Debian protobuf-compiler).
+
+GO        ?= go
+BIN       ?= bin
+PROTOC    ?= protoc
+GOBIN     := $(shell $(GO) env GOPATH)/bin
+PROTO_SRC := proto/istio/workload/workload.proto proto/istio/security/authorization.proto
+RACE      ?= -race
+
+.PHONY: build test test-unit test-istio lint proto run bench tools
+
+build:
+	$(GO) build -o $(BIN)/peerd ./cmd/peerd
+
+run: build
+	$(BIN)/peerd serve --cluster-name cluster1 --config-dir examples/cluster1 \
+		--plaintext-listen 127.0.0.1:15010 --listen "" --monitoring-listen 127.0.0.1:15014
+
+test: build
+	$(GO) test $(RACE) -count=1 ./...
+	$(MAKE) test-istio
+
+# test/istio is its own module: it imports Istio's generated types and ambient
+# index, which must stay out of peerd's own module.
+test-istio:
+	cd test/istio && GOLANG_PROTOBUF_REGISTRATION_CONFLICT=warn $(GO) test -count=1 ./...
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 5x ./internal/xds/...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GOBIN)/staticcheck ./...
+
+tools:
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@latest
+
+proto:
+	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+	$(PROTOC) -I proto --plugin=protoc-gen-go=$(GOBIN)/protoc-gen-go \
+		--go_out=. --go_opt=module=github.com/peerd-mesh/peerd $(PROTO_SRC)
