@@ -1,0 +1,49 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/peerd-mesh/peerd/internal/serve"
+)
+
+func newServeCommand() *cobra.Command {
+	opts := serve.DefaultOptions()
+	logLevel := zapcore.InfoLevel
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve the mesh to ztunnel (and, later, to peers) over delta xDS",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logConfig := zap.NewProductionConfig()
+			logConfig.Level = zap.NewAtomicLevelAt(logLevel)
+			logConfig.Sampling = nil
+			log, err := logConfig.Build()
+			if err != nil {
+				return err
+			}
+			defer func() { _ = log.Sync() }()
+			return serve.Run(cmd.Context(), opts, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&opts.ClusterName, "cluster-name", opts.ClusterName, "this cluster's name (required); the cluster_id of its workloads")
+	f.StringVar(&opts.Network, "network", opts.Network, "this cluster's network (default: the system namespace's topology.istio.io/network label)")
+	f.StringVar(&opts.TrustDomain, "trust-domain", opts.TrustDomain, "this cluster's trust domain")
+	f.StringVar(&opts.SystemNamespace, "system-namespace", opts.SystemNamespace, "the namespace istiod and peerd run in")
+	f.StringVar(&opts.DomainSuffix, "domain-suffix", opts.DomainSuffix, "the cluster's DNS domain suffix")
+	f.StringVar(&opts.GlobalSuffix, "global-suffix", opts.GlobalSuffix, "the DNS suffix of global services (no effect until peering lands)")
+	f.StringVar(&opts.ConfigDir, "config-dir", opts.ConfigDir, "read Kubernetes manifests from this directory instead of an API server (reloaded on change)")
+	f.StringVar(&opts.Kubeconfig, "kubeconfig", opts.Kubeconfig, "kubeconfig file (default: in-cluster configuration)")
+	f.StringVar(&opts.CADir, "ca-dir", opts.CADir, "cacerts directory (root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem) that signs the TLS listener's certificate")
+	f.StringVar(&opts.Listen, "listen", opts.Listen, "TLS gRPC address for ztunnel and peers (empty: off)")
+	f.StringVar(&opts.PlaintextListen, "plaintext-listen", opts.PlaintextListen, "plaintext gRPC address with reflection, for grpcurl and local ztunnels (empty: off)")
+	f.StringVar(&opts.MonitoringListen, "monitoring-listen", opts.MonitoringListen, "HTTP address for /metrics, /healthz, /readyz and /debug/ (empty: off)")
+	f.StringSliceVar(&opts.ServerSANs, "server-san", nil, "DNS SAN of the TLS listener's certificate, repeatable (default peerd.<system-ns>.svc and istiod.<system-ns>.svc)")
+	f.DurationVar(&opts.MaxConnectionAge, "max-connection-age", opts.MaxConnectionAge, "close client connections after this long so clients rebalance across replicas (0: never)")
+	f.DurationVar(&opts.PeerStaleTTL, "peer-stale-ttl", opts.PeerStaleTTL, "how long a lost peer's services are kept, from the moment the link is lost (no effect until peering lands)")
+	f.DurationVar(&opts.PeerSyncTimeout, "peer-sync-timeout", opts.PeerSyncTimeout, "how long /readyz waits for peer links that have not synced (no effect until peering lands)")
+	f.Var(&logLevel, "log-level", "debug, info, warn or error")
+	return cmd
+}

@@ -1,0 +1,76 @@
+package serve
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Options are the `peerd serve` settings. Field names follow the flags.
+type Options struct {
+	ClusterName     string
+	Network         string
+	TrustDomain     string
+	SystemNamespace string
+	DomainSuffix    string
+	GlobalSuffix    string
+
+	// Exactly one source: ConfigDir, or Kubernetes through Kubeconfig (empty
+	// means in-cluster configuration).
+	ConfigDir  string
+	Kubeconfig string
+
+	CADir            string
+	Listen           string
+	PlaintextListen  string
+	MonitoringListen string
+	// ServerSANs are the DNS names on the TLS listener's certificate.
+	ServerSANs       []string
+	MaxConnectionAge time.Duration
+	PeerStaleTTL     time.Duration
+	PeerSyncTimeout  time.Duration
+}
+
+// DefaultOptions returns the defaults the design promises.
+func DefaultOptions() Options {
+	return Options{
+		TrustDomain:      "cluster.local",
+		SystemNamespace:  "istio-system",
+		DomainSuffix:     "cluster.local",
+		GlobalSuffix:     "mesh.internal",
+		Listen:           ":15012",
+		MonitoringListen: ":15014",
+		MaxConnectionAge: 30 * time.Minute,
+		PeerStaleTTL:     10 * time.Minute,
+		PeerSyncTimeout:  30 * time.Second,
+	}
+}
+
+// sans returns the configured SANs or the defaults for the system namespace.
+func (o Options) sans() []string {
+	if len(o.ServerSANs) > 0 {
+		return o.ServerSANs
+	}
+	return []string{
+		"peerd." + o.SystemNamespace + ".svc",
+		"istiod." + o.SystemNamespace + ".svc",
+	}
+}
+
+// Validate reports the first setting that cannot work, naming the flag.
+func (o Options) Validate() error {
+	var errs []error
+	if o.ClusterName == "" {
+		errs = append(errs, errors.New("--cluster-name is required"))
+	}
+	if o.Listen != "" && o.CADir == "" {
+		errs = append(errs, fmt.Errorf("--listen %q serves TLS and needs --ca-dir (a cacerts directory: root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem); pass --listen=\"\" to turn the TLS listener off", o.Listen))
+	}
+	if o.Listen == "" && o.PlaintextListen == "" {
+		errs = append(errs, errors.New("no gRPC listener: set --listen (TLS) or --plaintext-listen"))
+	}
+	if o.MaxConnectionAge < 0 {
+		errs = append(errs, fmt.Errorf("--max-connection-age %v: must not be negative", o.MaxConnectionAge))
+	}
+	return errors.Join(errs...)
+}

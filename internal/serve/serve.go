@@ -1,0 +1,225 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/peerd-mesh/peerd/internal/ambient"
+	"github.com/peerd-mesh/peerd/internal/certs"
+	"github.com/peerd-mesh/peerd/internal/discovery"
+	"github.com/peerd-mesh/peerd/internal/xds"
+
+	// Registered so that reflection clients (grpcurl) can decode the
+	// resources inside the Any fields.
+	_ "github.com/peerd-mesh/peerd/proto/istio/security"
+	_ "github.com/peerd-mesh/peerd/proto/istio/workload"
+)
+
+// serverCertTTL is the lifetime of the TLS listener's minted certificate;
+// it is re-minted before it expires.
+const serverCertTTL = 24 * time.Hour
+
+// Run serves until ctx ends. Start-up order matters: the monitoring endpoint
+// comes first (so /readyz can say what is missing), the gRPC listeners only
+// once the first model is in the cache, so that a reconnecting ztunnel never
+// sees an empty mesh and drops what it holds.
+func Run(ctx context.Context, opts Options, log *zap.Logger) error {
+	if err := opts.Validate(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+
+	var tlsCreds credentials.TransportCredentials
+	if opts.Listen != "" {
+		ca, err := certs.LoadCA(opts.CADir)
+		if err != nil {
+			return fmt.Errorf("--ca-dir %s: %w", opts.CADir, err)
+		}
+		tlsConfig, err := ca.ServerTLSConfig(opts.sans(), serverCertTTL)
+		if err != nil {
+			return fmt.Errorf("--ca-dir %s: minting the server certificate: %w", opts.CADir, err)
+		}
+		tlsCreds = credentials.NewTLS(tlsConfig)
+	}
+
+	index := discovery.NewIndex()
+	addresses := xds.NewCache(xds.AddressTypeURL)
+	authorizations := xds.NewCache(xds.AuthorizationTypeURL)
+	status := newStatus(index, reg)
+	log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd until the istiod relay exists")
+
+	sources, err := startSources(ctx, opts, index, log)
+	if err != nil {
+		return err
+	}
+
+	errc := make(chan error, 4)
+	monitoring, err := listen("--monitoring-listen", opts.MonitoringListen)
+	if err != nil {
+		return err
+	}
+	httpServer := &http.Server{Handler: monitoringHandler(reg, status, addresses), ReadHeaderTimeout: 10 * time.Second}
+	if monitoring != nil {
+		log.Info("monitoring listening", zap.String("address", monitoring.Addr().String()))
+		go func() { errc <- serveHTTP(httpServer, monitoring) }()
+	}
+	for _, run := range sources {
+		go func() { errc <- run(ctx) }()
+	}
+
+	if err := waitSynced(ctx, index, errc); err != nil {
+		return err
+	}
+	model := newModelLoop(ambient.Config{
+		ClusterID:       opts.ClusterName,
+		Network:         opts.Network,
+		TrustDomain:     opts.TrustDomain,
+		DomainSuffix:    opts.DomainSuffix,
+		SystemNamespace: opts.SystemNamespace,
+	}, index, addresses, log, reg)
+	model.recompute()
+	go model.run(ctx)
+	log.Info("sources synced; first model built", zap.Int("addresses", addresses.Len()))
+
+	xdsServer := xds.NewServer(xds.ServerOptions{Logger: log, Registerer: reg}, addresses, authorizations)
+	var grpcServers []*grpc.Server
+	for _, l := range []struct {
+		flag, address string
+		creds         credentials.TransportCredentials
+	}{
+		{"--listen", opts.Listen, tlsCreds},
+		{"--plaintext-listen", opts.PlaintextListen, nil},
+	} {
+		lis, err := listen(l.flag, l.address)
+		if err != nil {
+			return err
+		}
+		if lis == nil {
+			continue
+		}
+		g := newGRPCServer(opts, l.creds)
+		xdsServer.Register(g)
+		if l.creds == nil {
+			reflection.Register(g)
+		}
+		grpcServers = append(grpcServers, g)
+		log.Info("xDS listening", zap.String("flag", l.flag), zap.String("address", lis.Addr().String()), zap.Bool("tls", l.creds != nil))
+		go func() { errc <- g.Serve(lis) }()
+	}
+	status.setServing()
+
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	for _, g := range grpcServers {
+		g.Stop()
+	}
+	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+	defer stop()
+	_ = httpServer.Shutdown(shutdownCtx)
+	return err
+}
+
+// newGRPCServer applies the settings every listener shares. MaxConnectionAge
+// makes clients reconnect now and then, so they spread over replicas that
+// came up after them.
+func newGRPCServer(opts Options, creds credentials.TransportCredentials) *grpc.Server {
+	serverOpts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(16 << 20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
+	}
+	if opts.MaxConnectionAge > 0 {
+		serverOpts = append(serverOpts, grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionAge:      opts.MaxConnectionAge,
+			MaxConnectionAgeGrace: 10 * time.Second,
+		}))
+	}
+	if creds != nil {
+		serverOpts = append(serverOpts, grpc.Creds(creds))
+	}
+	return grpc.NewServer(serverOpts...)
+}
+
+// startSources builds the configured source and returns its run function.
+func startSources(ctx context.Context, opts Options, index *discovery.Index, log *zap.Logger) ([]func(context.Context) error, error) {
+	if opts.ConfigDir != "" {
+		files := discovery.NewFileSource(opts.ConfigDir, index, log.Named("files"))
+		return []func(context.Context) error{files.Run}, nil
+	}
+	cfg, err := kubeConfig(opts.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	kube, err := discovery.NewKubeSource(cfg, index, log.Named("kube"))
+	if err != nil {
+		return nil, err
+	}
+	return []func(context.Context) error{kube.Run}, nil
+}
+
+func kubeConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("no --config-dir or --kubeconfig given, and not running in a cluster: %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, fmt.Errorf("--kubeconfig %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// waitSynced blocks until every source has done its first full load, or a
+// source fails first.
+func waitSynced(ctx context.Context, index *discovery.Index, errc <-chan error) error {
+	synced := make(chan error, 1)
+	go func() { synced <- index.WaitSynced(ctx) }()
+	select {
+	case err := <-synced:
+		return err
+	case err := <-errc:
+		if err == nil {
+			err = errors.New("a source stopped before it synced")
+		}
+		return err
+	}
+}
+
+func listen(flag, address string) (net.Listener, error) {
+	if address == "" {
+		return nil, nil
+	}
+	lis, err := net.Listen("tcp", address)
+	if err != nil {
+		return nil, fmt.Errorf("%s %s: %w", flag, address, err)
+	}
+	return lis, nil
+}
+
+func serveHTTP(s *http.Server, lis net.Listener) error {
+	if err := s.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,6 @@
+// Package e2e holds peerd's end-to-end tests: they build the real peerd
+// binary, start it on loopback, and talk to it as ztunnel does (through the
+// ztunnel-like client in test/ztunnel), as grpcurl does, and as an operator
+// does (HTTP monitoring endpoints). Nothing here reaches into peerd's
+// internals; the binary is the unit under test.
+package e2e

@@ -1,0 +1,259 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// peerdBinary is built once by TestMain.
+var peerdBinary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "peerd-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	peerdBinary = filepath.Join(dir, "peerd")
+	build := exec.Command("go", "build", "-o", peerdBinary, "github.com/peerd-mesh/peerd/cmd/peerd")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building peerd:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// repoPath returns a path relative to the repository root.
+func repoPath(parts ...string) string {
+	return filepath.Join(append([]string{"..", ".."}, parts...)...)
+}
+
+// freePort reserves a loopback port for a child process. The port is
+// released before the child binds it; collisions are unlikely on loopback and
+// surface as a clear start-up failure, not a wrong result.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// peerdProcess is a running peerd binary.
+type peerdProcess struct {
+	cmd            *exec.Cmd
+	PlaintextAddr  string
+	MonitoringAddr string
+	logs           *syncBuffer
+	exited         chan struct{}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// peerdOptions describe one peerd start.
+type peerdOptions struct {
+	// Args are passed after `serve`. Listener flags are added unless the
+	// args set them.
+	Args []string
+	// PlaintextAddr reuses a given address (to restart on the same port).
+	PlaintextAddr string
+	// NoWait returns without waiting for /readyz.
+	NoWait bool
+}
+
+// startPeerd starts `peerd serve` and waits until /readyz says ready. The
+// process is stopped when the test ends; its log is printed if the test failed.
+func startPeerd(t *testing.T, o peerdOptions) *peerdProcess {
+	t.Helper()
+	p := &peerdProcess{
+		PlaintextAddr:  o.PlaintextAddr,
+		MonitoringAddr: freePort(t),
+		logs:           &syncBuffer{},
+		exited:         make(chan struct{}),
+	}
+	if p.PlaintextAddr == "" {
+		p.PlaintextAddr = freePort(t)
+	}
+	args := append([]string{"serve"}, o.Args...)
+	if !hasFlag(o.Args, "--listen") {
+		args = append(args, "--listen=")
+	}
+	args = append(args, "--plaintext-listen", p.PlaintextAddr, "--monitoring-listen", p.MonitoringAddr)
+	p.cmd = exec.Command(peerdBinary, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		p.Stop()
+		if t.Failed() {
+			t.Logf("peerd %v log:\n%s", args, p.Logs())
+		}
+	})
+	if !o.NoWait {
+		p.waitReady(t)
+	}
+	return p
+}
+
+func hasFlag(args []string, flag string) bool {
+	for _, a := range args {
+		if a == flag || strings.HasPrefix(a, flag+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// Stop ends the process (idempotent).
+func (p *peerdProcess) Stop() {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+func (p *peerdProcess) Logs() string { return p.logs.String() }
+
+// waitReady polls /readyz until it answers 200; it fails if the process exits.
+func (p *peerdProcess) waitReady(t *testing.T) {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		code, _ := p.get("/readyz")
+		if code == http.StatusOK {
+			return
+		}
+		select {
+		case <-p.exited:
+			t.Fatalf("peerd exited before it was ready:\n%s", p.Logs())
+		case <-deadline:
+			t.Fatalf("peerd not ready after 60s:\n%s", p.Logs())
+		case <-tick.C:
+		}
+	}
+}
+
+// get fetches a monitoring path.
+func (p *peerdProcess) get(path string) (int, string) {
+	resp, err := http.Get("http://" + p.MonitoringAddr + path)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// waitExit waits for the process to exit on its own and returns its log.
+func (p *peerdProcess) waitExit(t *testing.T) string {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("peerd did not exit:\n%s", p.Logs())
+	}
+	return p.Logs()
+}
+
+// copyDir copies a manifest directory into a fresh temp dir the test may edit.
+func copyDir(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	entries, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.IsDir() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// metricValue returns the sum of a metric's samples whose line contains
+// every given label fragment, from /metrics.
+func (p *peerdProcess) metricValue(t *testing.T, name string, labelFragments ...string) float64 {
+	t.Helper()
+	_, body := p.get("/metrics")
+	var total float64
+	found := false
+lines:
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		for _, f := range labelFragments {
+			if !strings.Contains(line, f) {
+				continue lines
+			}
+		}
+		var v float64
+		if _, err := fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v); err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		total += v
+		found = true
+	}
+	if !found {
+		t.Fatalf("metric %s%v not in /metrics:\n%s", name, labelFragments, body)
+	}
+	return total
+}
+
+func withTimeout(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
