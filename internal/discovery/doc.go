@@ -1,0 +1,38 @@
+// Package discovery owns every source of truth peerd reads and the one
+// in-process Index they feed.
+//
+// Sources:
+//   - the Kubernetes API through client-go informers (KubeSource, kube.go);
+//   - a directory of Kubernetes manifests (FileSource, --config-dir), decoded
+//     by DecodeManifests with the API server's defaults applied, so a manifest
+//     means the same in a file as in a cluster.
+//
+// What it must never do: derive anything. Mapping objects to WDS resources is
+// internal/ambient's job; discovery stores objects as the sources give them
+// (plus, for files, the defaults an API server would have applied) and says
+// that something changed. It never mutates an object after handing it to the
+// Index, and callers must not mutate what Snapshot returns.
+//
+// Concurrency contract: Index is safe for concurrent use by any number of
+// sources and readers. Every method takes one mutex for a short, bounded time
+// and never blocks on a channel while holding it: Changed is a capacity-1,
+// latest-wins signal sent without blocking. A receiver takes a fresh Snapshot
+// after each signal; one signal may stand for many changes.
+//
+// Invariants:
+//   - Snapshot is sorted by kind, namespace, name, and is identical for
+//     identical contents (it does not depend on arrival order except for
+//     conflict resolution below).
+//   - Changed fires only when the objects in force change: an update that is
+//     deep-equal to what is held (or, from an informer, has the same
+//     resourceVersion and uid) does not signal.
+//   - Every object has one origin in force: a source, and for the file source
+//     a file. When two origins define the same object (kind, namespace,
+//     name), the first one seen stays in force and Errors reports the
+//     conflict naming both; when the first one goes away the next takes over.
+//   - A file is replaced as a whole: a file that fails to decode changes
+//     nothing (its last good objects stay in force) and its error is reported
+//     by Errors until a good version of the file, or its deletion, clears it.
+//   - Synced is false until at least one source registered and every
+//     registered source called MarkSynced after its first full load.
+package discovery
