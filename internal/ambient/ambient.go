@@ -1,0 +1,185 @@
+package ambient
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
+)
+
+// Defaults applied to an empty Config field.
+const (
+	DefaultTrustDomain     = "cluster.local"
+	DefaultDomainSuffix    = "cluster.local"
+	DefaultSystemNamespace = "istio-system"
+)
+
+// Config is the cluster-wide context of one Build.
+type Config struct {
+	// ClusterID is written to every workload's cluster_id and prefixes its uid.
+	ClusterID string
+	// Network overrides the local network (the --network flag). Empty means the
+	// system namespace's topology.istio.io/network label; neither gives "".
+	Network string
+	// TrustDomain of this cluster; empty means DefaultTrustDomain. Workloads
+	// carry "" for cluster.local, as istiod sends them.
+	TrustDomain string
+	// DomainSuffix of service hostnames; empty means DefaultDomainSuffix.
+	DomainSuffix string
+	// SystemNamespace holds the network label; empty means DefaultSystemNamespace.
+	SystemNamespace string
+}
+
+// Inputs are the Kubernetes objects of one cluster. The field list matches
+// discovery.Objects exactly so that ambient.Inputs(objs) converts. Objects are
+// read, never modified.
+type Inputs struct {
+	Namespaces     []*corev1.Namespace
+	Nodes          []*corev1.Node
+	Pods           []*corev1.Pod
+	Services       []*corev1.Service
+	EndpointSlices []*discoveryv1.EndpointSlice
+	Gateways       []*gatewayv1.Gateway
+}
+
+// Warning is a problem found in the inputs. Object is "<kind> <namespace>/<name>"
+// (or "<kind> <name>" for cluster-scoped objects); Field is the path inside it.
+type Warning struct {
+	Object  string
+	Field   string
+	Message string
+}
+
+// String renders the warning as "object: field: message".
+func (w Warning) String() string {
+	if w.Field == "" {
+		return w.Object + ": " + w.Message
+	}
+	return w.Object + ": " + w.Field + ": " + w.Message
+}
+
+// Output is the result of one Build.
+type Output struct {
+	// Addresses sorted by ResourceName; names are unique.
+	Addresses []*workloadpb.Address
+	// Warnings sorted and de-duplicated.
+	Warnings []Warning
+}
+
+// Build maps the inputs to the Address resources istiod's ambient index would
+// serve for them, plus warnings about what it had to ignore.
+func Build(cfg Config, in Inputs) Output {
+	cfg = cfg.withDefaults()
+	var w warnings
+	idx := newIndex(cfg, in, &w)
+
+	var out []*workloadpb.Address
+	for _, info := range idx.services {
+		out = append(out, &workloadpb.Address{Type: &workloadpb.Address_Service{Service: info.svc}})
+	}
+	for _, pod := range in.Pods {
+		if wl := podWorkload(podInput{cfg: cfg, idx: idx, pod: pod}, &w); wl != nil {
+			out = append(out, &workloadpb.Address{Type: &workloadpb.Address_Workload{Workload: wl}})
+		}
+	}
+	for _, es := range in.EndpointSlices {
+		for _, wl := range endpointSliceWorkloads(endpointSliceInput{cfg: cfg, idx: idx, slice: es}, &w) {
+			out = append(out, &workloadpb.Address{Type: &workloadpb.Address_Workload{Workload: wl}})
+		}
+	}
+	slices.SortStableFunc(out, func(a, b *workloadpb.Address) int {
+		return cmp.Compare(ResourceName(a), ResourceName(b))
+	})
+	// Names are unique by construction (the uid formats cannot collide and the
+	// inputs hold each object once); a duplicate input object is dropped here
+	// rather than producing two resources under one name.
+	out = slices.CompactFunc(out, func(a, b *workloadpb.Address) bool {
+		return ResourceName(a) == ResourceName(b)
+	})
+	return Output{Addresses: out, Warnings: w.sorted()}
+}
+
+// ResourceName is the xDS resource name of an address: the workload uid, or
+// "namespace/hostname" for a service.
+func ResourceName(a *workloadpb.Address) string {
+	switch t := a.GetType().(type) {
+	case *workloadpb.Address_Workload:
+		return t.Workload.GetUid()
+	case *workloadpb.Address_Service:
+		return namespacedHostname(t.Service.GetNamespace(), t.Service.GetHostname())
+	}
+	return ""
+}
+
+// LookupKeys are the on-demand keys, besides ResourceName, under which
+// ztunnel may ask for the address: "network/ip" for every workload address
+// and every service VIP, in address order without duplicates.
+func LookupKeys(a *workloadpb.Address) []string {
+	var keys []string
+	add := func(network string, raw []byte) {
+		ip, ok := netip.AddrFromSlice(raw)
+		if !ok {
+			return
+		}
+		k := networkIPKey(network, ip)
+		if !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	switch t := a.GetType().(type) {
+	case *workloadpb.Address_Workload:
+		for _, raw := range t.Workload.GetAddresses() {
+			add(t.Workload.GetNetwork(), raw)
+		}
+	case *workloadpb.Address_Service:
+		for _, na := range t.Service.GetAddresses() {
+			add(na.GetNetwork(), na.GetAddress())
+		}
+	}
+	return keys
+}
+
+func (c Config) withDefaults() Config {
+	if c.TrustDomain == "" {
+		c.TrustDomain = DefaultTrustDomain
+	}
+	if c.DomainSuffix == "" {
+		c.DomainSuffix = DefaultDomainSuffix
+	}
+	if c.SystemNamespace == "" {
+		c.SystemNamespace = DefaultSystemNamespace
+	}
+	return c
+}
+
+// workloadTrustDomain is the trust_domain field of workloads: istiod leaves it
+// empty for cluster.local, which ztunnel reads as cluster.local.
+func (c Config) workloadTrustDomain() string {
+	if c.TrustDomain == DefaultTrustDomain {
+		return ""
+	}
+	return c.TrustDomain
+}
+
+// warnings collects Warnings during one Build.
+type warnings struct{ list []Warning }
+
+func (w *warnings) add(object, field, message string) {
+	w.list = append(w.list, Warning{Object: object, Field: field, Message: message})
+}
+
+func (w *warnings) sorted() []Warning {
+	if len(w.list) == 0 {
+		return nil
+	}
+	out := slices.Clone(w.list)
+	slices.SortFunc(out, func(a, b Warning) int {
+		return cmp.Or(cmp.Compare(a.Object, b.Object), cmp.Compare(a.Field, b.Field), cmp.Compare(a.Message, b.Message))
+	})
+	return slices.Compact(out)
+}

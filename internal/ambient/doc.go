@@ -1,0 +1,34 @@
+// Package ambient is peerd's model: it maps one cluster's Kubernetes objects
+// (Namespaces, Nodes, Pods, Services, EndpointSlices) to the istio.workload
+// Address resources that ztunnel consumes, the way istiod's ambient index
+// (pilot/pkg/serviceregistry/ambient) maps them.
+//
+// What it owns
+//   - Pod -> Workload (podWorkload), EndpointSlice endpoints that are not
+//     Pods -> Workloads (endpointSliceWorkloads), Service -> Service
+//     (serviceResource), and the traffic-distribution table (loadBalancing).
+//   - The resource names ztunnel relies on (names.go): a Workload is named by
+//     its uid, a Service by "namespace/hostname".
+//
+// What it must never do
+//   - No I/O, no goroutines, no logging, no clock, no randomness. Problems
+//     are returned as Warnings naming the object and the field; logging,
+//     metrics and Kubernetes Events are the caller's job.
+//   - Never mutate its inputs: the objects are shared with the discovery
+//     index.
+//
+// Concurrency contract
+//
+//	Build is a pure function of (Config, Inputs). It may be called from any
+//	number of goroutines at once; it keeps no state between calls.
+//
+// Invariants
+//   - Same inputs, same output, byte for byte: addresses are sorted by
+//     ResourceName, warnings are sorted and de-duplicated, every repeated
+//     field has a defined order (the order istiod uses where it has one).
+//   - Field choices follow istiod wherever istiod has an opinion, so a
+//     differential test against Istio's own index can compare whole
+//     resources. The only deliberate extension is the traffic-distribution
+//     values istiod does not know (PreferNetwork, PreferRegion, Any), which
+//     follow peerd's design table.
+package ambient
