@@ -35,7 +35,8 @@ lint:
 	$(GOBIN)/staticcheck ./...
 
 tools:
-	$(GO) install honnef.co/go/tools/cmd/staticcheck@latest
+	$(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+	$(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
 
 proto:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
