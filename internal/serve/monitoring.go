@@ -85,7 +85,7 @@ func writeAddresses(w http.ResponseWriter, addresses *xds.Cache) {
 		Version  string          `json:"version"`
 		Resource json.RawMessage `json:"resource"`
 	}
-	items := addresses.Items()
+	_, items := addresses.Snapshot()
 	out := make([]entry, 0, len(items))
 	for _, it := range items {
 		raw, err := protojson.Marshal(it.Message)

@@ -1,0 +1,38 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/peerd-mesh/peerd/test/ztunnel"
+)
+
+// waitTimeout bounds every wait for a state to arrive. It is a failure
+// bound, not a performance assertion: the expected latency is milliseconds.
+const waitTimeout = 20 * time.Second
+
+// connectZtunnel runs a ztunnel-like client against addr until the test
+// ends and waits until it is ready (one response per type ACKed).
+func connectZtunnel(t *testing.T, cfg ztunnel.Config) *ztunnel.Client {
+	t.Helper()
+	c := ztunnel.New(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	waitState(t, c, "client ready", func(s *ztunnel.State) bool { return s.Ready })
+	return c
+}
+
+// waitState waits until pred holds for the client's state.
+func waitState(t *testing.T, c *ztunnel.Client, what string, pred func(*ztunnel.State) bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := c.WaitFor(ctx, pred); err != nil {
+		s := c.Stats()
+		t.Fatalf("waiting for %s: %v (connected=%v ready=%v streams=%d responses=%d nacks=%d last nack %q)",
+			what, err, s.Connected, s.Ready, s.Streams, s.Responses, s.NACKs, s.LastNACK)
+	}
+}
