@@ -1,0 +1,36 @@
+// Package xds is peerd's delta-xDS server: it serves ztunnel (and peerd's
+// peers) the resources of one Cache per type URL over envoy's aggregated
+// discovery service, delta variant only.
+//
+// What it owns: the resources' wire encodings and content-hash versions,
+// each client's subscription (wildcard, explicit names, on-demand alias
+// keys), nonces, ACK/NACK handling, and the fan-out of changes.
+//
+// What it must never do: decide what the resources are (internal/ambient
+// does), read Kubernetes or files (internal/discovery does), delay a push on
+// a timer (changes are coalesced only when they are already queued), or
+// resend an unchanged version because a client NACKed it.
+//
+// Concurrency contract:
+//   - Cache methods are safe for concurrent use. Replace marshals outside
+//     the cache lock, publishes a batch as one revision under it, and wakes
+//     watchers with a non-blocking send on a capacity-1 channel, so a slow
+//     stream never blocks Replace or another stream.
+//   - One goroutine owns each stream's state (subscriptions, cursors,
+//     nonces) and does all its sends; a second goroutine only receives
+//     requests into an unbounded queue, so the server never stops reading a
+//     client that is itself blocked writing to us.
+//
+// Invariants:
+//   - A resource is marshaled once per version (deterministic encoding);
+//     its version is derived from those bytes only, and the same *anypb.Any
+//     is shared read-only by every response that carries that version.
+//   - Per-stream memory does not grow with the number of resources for a
+//     wildcard subscription: a stream keeps a revision cursor into the
+//     cache's ordered change log, and a wake costs O(changes since the
+//     cursor). Only explicitly subscribed names are stored per stream.
+//   - Every initial request for a type is answered, even with nothing, and
+//     every on-demand key is answered by its own name: as the resource's
+//     name, or listed in removed_resources (after the resource it resolved
+//     to, when it was an alias).
+package xds

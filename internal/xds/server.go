@@ -1,0 +1,538 @@
+package xds
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Type URLs served to ztunnel.
+const (
+	AddressTypeURL       = "type.googleapis.com/istio.workload.Address"
+	AuthorizationTypeURL = "type.googleapis.com/istio.security.Authorization"
+)
+
+// ServerOptions configures a Server. Both fields may be left zero: a nil
+// Logger logs nothing and a nil Registerer registers no metrics.
+type ServerOptions struct {
+	Logger     *zap.Logger
+	Registerer prometheus.Registerer
+}
+
+// Server serves the caches it was built with over envoy's aggregated
+// discovery service, delta variant only.
+type Server struct {
+	discovery.UnimplementedAggregatedDiscoveryServiceServer
+
+	log     *zap.Logger
+	caches  map[string]*Cache
+	metrics *metrics
+	ids     atomic.Uint64
+
+	// onSend and onRequest, when set (tests only), see every response just
+	// before Send and every request before it is handled.
+	onSend    func(*discovery.DeltaDiscoveryResponse)
+	onRequest func(*discovery.DeltaDiscoveryRequest)
+}
+
+// NewServer returns a server for caches; each cache's type URL must be
+// distinct (a later duplicate replaces an earlier one).
+func NewServer(opts ServerOptions, caches ...*Cache) *Server {
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	s := &Server{
+		log:     log.Named("xds"),
+		caches:  make(map[string]*Cache, len(caches)),
+		metrics: newMetrics(opts.Registerer, caches),
+	}
+	for _, c := range caches {
+		s.caches[c.TypeURL()] = c
+	}
+	return s
+}
+
+// Register adds the aggregated discovery service to g.
+func (s *Server) Register(g *grpc.Server) {
+	discovery.RegisterAggregatedDiscoveryServiceServer(g, s)
+}
+
+// StreamAggregatedResources rejects state-of-the-world clients: ztunnel and
+// peerd's peers speak delta only.
+func (s *Server) StreamAggregatedResources(discovery.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	return status.Error(codes.Unimplemented, "peerd serves delta xDS only: use DeltaAggregatedResources")
+}
+
+// DeltaAggregatedResources serves one delta ADS stream until the client
+// closes it, the connection ends, or a send fails.
+func (s *Server) DeltaAggregatedResources(gs discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	st := &stream{
+		srv:      s,
+		id:       s.ids.Add(1),
+		gs:       gs,
+		wake:     make(chan struct{}, 1),
+		reqReady: make(chan struct{}, 1),
+		types:    map[string]*typeState{},
+		unknown:  map[string]bool{},
+	}
+	st.log = s.log.With(zap.Uint64("stream", st.id))
+	s.metrics.streams.Inc()
+	defer s.metrics.streams.Dec()
+	defer st.close()
+	go st.receive()
+	return st.run(gs.Context())
+}
+
+// stream is the state of one delta ADS stream. Everything except the request
+// queue is owned by the goroutine running run; receive only appends to the
+// queue.
+type stream struct {
+	srv   *Server
+	id    uint64
+	gs    discovery.AggregatedDiscoveryService_DeltaAggregatedResourcesServer
+	log   *zap.Logger
+	nonce uint64
+	// wake is shared by this stream's watchers in every cache: capacity 1,
+	// a pending wake already covers any later change.
+	wake    chan struct{}
+	types   map[string]*typeState
+	unknown map[string]bool // type URLs already answered as unknown
+
+	// The request queue is unbounded so that receive never blocks: a client
+	// that is itself blocked sending ACKs while we are blocked sending to it
+	// would otherwise deadlock both sides.
+	mu       sync.Mutex
+	queue    []*discovery.DeltaDiscoveryRequest
+	recvErr  error
+	reqReady chan struct{}
+}
+
+// typeState is one stream's subscription to one cache.
+type typeState struct {
+	cache *Cache
+	w     *watcher
+	// wildcard: the client wants every resource of the type.
+	wildcard bool
+	// names are explicitly subscribed keys: resource names or alias keys.
+	names map[string]struct{}
+	// resolved are resource names the client received because it asked
+	// for one of their aliases; they keep getting updates and removals.
+	resolved map[string]struct{}
+	// cursor is the cache revision this stream has caught up with.
+	cursor uint64
+}
+
+func (st *stream) receive() {
+	for {
+		req, err := st.gs.Recv()
+		st.mu.Lock()
+		if err != nil {
+			st.recvErr = err
+		} else {
+			st.queue = append(st.queue, req)
+		}
+		st.mu.Unlock()
+		select {
+		case st.reqReady <- struct{}{}:
+		default:
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (st *stream) close() {
+	for _, ts := range st.types {
+		ts.cache.removeWatcher(ts.w)
+	}
+}
+
+func (st *stream) run(ctx context.Context) error {
+	for {
+		st.mu.Lock()
+		reqs, recvErr := st.queue, st.recvErr
+		st.queue = nil
+		st.mu.Unlock()
+		for _, req := range reqs {
+			if err := st.handle(req); err != nil {
+				return err
+			}
+		}
+		if recvErr != nil {
+			if errors.Is(recvErr, io.EOF) {
+				return nil
+			}
+			if status.Code(recvErr) == codes.Canceled || errors.Is(recvErr, context.Canceled) {
+				return nil
+			}
+			return recvErr
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-st.reqReady:
+		case <-st.wake:
+			for _, ts := range st.types {
+				if err := st.respond(ts, request{}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// request is what one client request asks of respond beyond the changes
+// the stream has not seen yet.
+type request struct {
+	// initial: the first request for the type on this stream; it is
+	// answered even with nothing in it, and the client holds nothing but
+	// versions.
+	initial bool
+	// fullSync: the stream just became wildcard; send every resource.
+	fullSync bool
+	// demanded are newly subscribed names and alias keys.
+	demanded []string
+	// versions are initial_resource_versions: what the client holds.
+	versions map[string]string
+}
+
+func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) error {
+	if h := st.srv.onRequest; h != nil {
+		h(req)
+	}
+	typeURL := req.GetTypeUrl()
+	if n := req.GetNode(); n != nil && n.GetId() != "" {
+		st.log = st.srv.log.With(zap.Uint64("stream", st.id), zap.String("node", n.GetId()))
+	}
+	ts := st.types[typeURL]
+	initial := false
+	if ts == nil {
+		c := st.srv.caches[typeURL]
+		if c == nil {
+			return st.answerUnknown(req)
+		}
+		ts = &typeState{cache: c, names: map[string]struct{}{}, resolved: map[string]struct{}{}}
+		ts.w = c.addWatcher(st.wake)
+		st.types[typeURL] = ts
+		initial = true
+	}
+	if req.GetErrorDetail() != nil {
+		st.nack(req)
+	}
+
+	r := request{initial: initial}
+	wasWildcard := ts.wildcard
+	if initial && len(req.GetResourceNamesSubscribe()) == 0 {
+		ts.wildcard = true // legacy wildcard: empty first subscription
+	}
+	for _, name := range req.GetResourceNamesSubscribe() {
+		if name == "*" {
+			ts.wildcard = true
+			continue
+		}
+		ts.names[name] = struct{}{}
+		r.demanded = append(r.demanded, name)
+	}
+	for _, name := range req.GetResourceNamesUnsubscribe() {
+		if name == "*" {
+			ts.wildcard = false
+			continue
+		}
+		delete(ts.names, name)
+		delete(ts.resolved, name)
+		if i := indexOf(r.demanded, name); i >= 0 {
+			r.demanded = append(r.demanded[:i], r.demanded[i+1:]...)
+		}
+	}
+	if initial && len(req.GetInitialResourceVersions()) > 0 {
+		r.versions = req.GetInitialResourceVersions()
+		if !ts.wildcard {
+			for name := range r.versions {
+				if _, ok := ts.names[name]; !ok {
+					ts.names[name] = struct{}{}
+					r.demanded = append(r.demanded, name)
+				}
+			}
+		}
+	}
+	r.fullSync = ts.wildcard && !wasWildcard
+	if !r.initial && !r.fullSync && len(r.demanded) == 0 {
+		return nil // a plain ACK or an unsubscription: nothing to send
+	}
+	return st.respond(ts, r)
+}
+
+func indexOf(list []string, s string) int {
+	for i, v := range list {
+		if v == s {
+			return i
+		}
+	}
+	return -1
+}
+
+func (st *stream) answerUnknown(req *discovery.DeltaDiscoveryRequest) error {
+	typeURL := req.GetTypeUrl()
+	if st.unknown[typeURL] {
+		return nil // an ACK of our empty answer, or a later request
+	}
+	st.unknown[typeURL] = true
+	st.srv.metrics.unknown.WithLabelValues(shortType(typeURL)).Inc()
+	st.log.Warn("client subscribed to a type URL this server does not serve; answering with an empty response",
+		zap.String("type", typeURL))
+	return st.send(&discovery.DeltaDiscoveryResponse{TypeUrl: typeURL}, typeURL)
+}
+
+// nack logs and counts a rejected response. Nothing is resent: the client
+// does not hold the rejected resources, and they are sent again when they
+// change.
+func (st *stream) nack(req *discovery.DeltaDiscoveryRequest) {
+	typeURL := req.GetTypeUrl()
+	st.srv.metrics.nacks.WithLabelValues(shortType(typeURL)).Inc()
+	detail := req.GetErrorDetail()
+	st.log.Warn("client rejected a response (NACK)",
+		zap.String("type", typeURL),
+		zap.String("nonce", req.GetResponseNonce()),
+		zap.Int32("code", detail.GetCode()),
+		zap.Strings("resources", NACKResources(detail.GetMessage())),
+		zap.String("message", detail.GetMessage()))
+}
+
+// NACKResources extracts the resource names from a NACK message made of
+// "<name>: <error>" parts joined by "; " (ztunnel's format). Parts that do
+// not have that shape are skipped.
+func NACKResources(msg string) []string {
+	var names []string
+	for _, part := range strings.Split(msg, "; ") {
+		name, _, ok := strings.Cut(part, ": ")
+		if ok && name != "" && !strings.ContainsAny(name, " \t") {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
+// errBehind ends a wildcard stream whose cursor fell below the cache's
+// floor: the removals it missed are forgotten, and only the client knows
+// what it holds. It reconnects and lists its names in
+// initial_resource_versions, which yields exact removals.
+var errBehind = status.Error(codes.Unavailable, "stream fell too far behind the cache; reconnect to resynchronise")
+
+// respond sends, in one response for ts's type, every change since the
+// stream's cursor that the subscription covers, plus what r asks for.
+func (st *stream) respond(ts *typeState, r request) error {
+	c := ts.cache
+	var (
+		out      []*discovery.Resource
+		removed  []string
+		sent     map[string]struct{} // only for non-full responses
+		incr     bool                // carries changes made after the cursor
+		replaced time.Time
+	)
+	add := func(e *entry) {
+		if sent != nil {
+			if _, dup := sent[e.name]; dup {
+				return
+			}
+			sent[e.name] = struct{}{}
+		}
+		out = append(out, &discovery.Resource{Name: e.name, Version: e.version, Resource: e.body})
+	}
+
+	c.mu.RLock()
+	head := c.revision
+	replaced = c.replacedAt
+	switch {
+	case r.fullSync:
+		out = make([]*discovery.Resource, 0, c.live)
+		for _, e := range c.entries {
+			if e.removed {
+				continue
+			}
+			if v := r.versions[e.name]; v != "" && v == e.version {
+				continue
+			}
+			add(e)
+		}
+		for name := range r.versions {
+			if c.liveLocked(name) == nil {
+				removed = append(removed, name)
+			}
+		}
+	case r.initial, ts.cursor == head:
+		// Nothing held yet beyond r.versions, or nothing new.
+	default:
+		sent = map[string]struct{}{}
+		ok := c.changesSinceLocked(ts.cursor, func(e *entry) {
+			if e.removed {
+				if !ts.wildcard && !ts.interestedByName(e.name) {
+					return
+				}
+				if e.createdAt > ts.cursor {
+					return // came and went since the cursor: never sent
+				}
+				delete(ts.resolved, e.name)
+				removed = append(removed, e.name)
+				return
+			}
+			if ts.wildcard || ts.interestedByName(e.name) {
+				add(e)
+				return
+			}
+			for _, a := range e.aliases {
+				if _, ok := ts.names[a]; ok {
+					ts.resolved[e.name] = struct{}{}
+					add(e)
+					return
+				}
+			}
+		})
+		if !ok {
+			if ts.wildcard {
+				c.mu.RUnlock()
+				st.log.Warn("stream fell behind the cache's change log; closing it so the client resynchronises",
+					zap.String("type", c.typeURL))
+				return errBehind
+			}
+			// Explicit names only: resend what exists, remove the rest.
+			out, removed = out[:0], removed[:0]
+			sent = map[string]struct{}{}
+			for name := range ts.names {
+				r.demanded = append(r.demanded, name)
+			}
+			for name := range ts.resolved {
+				if e := c.liveLocked(name); e != nil {
+					add(e)
+				} else {
+					delete(ts.resolved, name)
+					removed = append(removed, name)
+				}
+			}
+		}
+		incr = len(out) > 0 || len(removed) > 0
+	}
+	for _, key := range r.demanded {
+		if e := c.liveLocked(key); e != nil {
+			if r.fullSync {
+				continue // already in out, or skipped for a matching version
+			}
+			if v := r.versions[key]; v != "" && v == e.version {
+				continue
+			}
+			if sent == nil {
+				sent = map[string]struct{}{}
+			}
+			add(e)
+			continue
+		}
+		// Not a resource name: an alias key (on-demand "network/ip") or
+		// an unknown name. Either way the client waits for this exact key,
+		// so it is listed as removed after the resources it resolves to.
+		for _, name := range c.aliases[key] {
+			ts.resolved[name] = struct{}{}
+			if !r.fullSync {
+				if sent == nil {
+					sent = map[string]struct{}{}
+				}
+				add(c.entries[name])
+			}
+		}
+		removed = append(removed, key)
+	}
+	ts.cursor = head
+	ts.w.cursor.Store(head)
+	c.mu.RUnlock()
+
+	if len(out) == 0 && len(removed) == 0 && !r.initial {
+		return nil
+	}
+	resp := &discovery.DeltaDiscoveryResponse{
+		TypeUrl:          c.typeURL,
+		Resources:        out,
+		RemovedResources: dedupeRemoved(removed, out),
+	}
+	if err := st.send(resp, c.typeURL); err != nil {
+		return err
+	}
+	if incr {
+		st.srv.metrics.pushLatency.WithLabelValues(shortType(c.typeURL)).Observe(sinceSeconds(replaced))
+	}
+	return nil
+}
+
+func (ts *typeState) interestedByName(name string) bool {
+	if _, ok := ts.names[name]; ok {
+		return true
+	}
+	_, ok := ts.resolved[name]
+	return ok
+}
+
+// dedupeRemoved drops repeated removals and removals of names that are
+// being sent in the same response.
+func dedupeRemoved(removed []string, out []*discovery.Resource) []string {
+	if len(removed) == 0 {
+		return nil
+	}
+	skip := make(map[string]struct{}, len(removed))
+	if len(out) <= 64 {
+		for _, r := range out {
+			skip[r.Name] = struct{}{}
+		}
+	} else {
+		want := make(map[string]struct{}, len(removed))
+		for _, n := range removed {
+			want[n] = struct{}{}
+		}
+		for _, r := range out {
+			if _, ok := want[r.Name]; ok {
+				skip[r.Name] = struct{}{}
+			}
+		}
+	}
+	kept := removed[:0]
+	for _, n := range removed {
+		if _, ok := skip[n]; ok {
+			continue
+		}
+		skip[n] = struct{}{}
+		kept = append(kept, n)
+	}
+	return kept
+}
+
+func (st *stream) send(resp *discovery.DeltaDiscoveryResponse, typeURL string) error {
+	st.nonce++
+	resp.Nonce = formatNonce(st.nonce)
+	if h := st.srv.onSend; h != nil {
+		h(resp)
+	}
+	if err := st.gs.Send(resp); err != nil {
+		return err
+	}
+	st.srv.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()
+	return nil
+}
+
+func formatNonce(n uint64) string { return strconv.FormatUint(n, 10) }
+
+func sinceSeconds(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return time.Since(t).Seconds()
+}
