@@ -396,13 +396,15 @@ func TestStreamEndsWhenConnectionCloses(t *testing.T) {
 func TestMetricsRegistered(t *testing.T) {
 	e := newEnv(t)
 	e.addrs.Replace([]Resource{workload("c//Pod/default/a", "10.0.0.1")})
-	c := e.client(ztunnel.Config{})
-	e.wait(c, "ready", func(s *ztunnel.State) bool { return s.Ready && len(s.Workloads) == 1 })
+	r := e.raw()
+	r.send(&discovery.DeltaDiscoveryRequest{TypeUrl: AddressTypeURL})
+	r.ack(r.recv())
 	e.addrs.Replace([]Resource{workload("c//Pod/default/a", "10.0.0.2")})
-	e.wait(c, "push", func(s *ztunnel.State) bool {
-		w := s.Workloads["c//Pod/default/a"]
-		return w != nil && w.GetAddresses()[0][3] == 2
-	})
+	r.ack(r.recv())
+	// The stream handles requests in order, after its previous sends and
+	// their metrics: the Authorization answer orders after the push.
+	r.send(&discovery.DeltaDiscoveryRequest{TypeUrl: AuthorizationTypeURL})
+	r.recv()
 	families, err := e.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -416,10 +418,13 @@ func TestMetricsRegistered(t *testing.T) {
 			t.Errorf("metric %s not registered (have %v)", name, got)
 		}
 	}
-	if n := testutil.ToFloat64(e.srv.metrics.pushes.WithLabelValues("istio.workload.Address")); n < 2 {
-		t.Errorf("Address pushes = %v, want at least 2", n)
+	if n := testutil.ToFloat64(e.srv.metrics.pushes.WithLabelValues("istio.workload.Address")); n != 2 {
+		t.Errorf("Address pushes = %v, want 2", n)
 	}
 	if n := testutil.CollectAndCount(e.srv.metrics.pushLatency); n != 1 {
 		t.Errorf("push latency series = %d, want 1 (Address)", n)
+	}
+	if n := testutil.ToFloat64(e.srv.metrics.streams); n != 1 {
+		t.Errorf("connected streams = %v, want 1", n)
 	}
 }
