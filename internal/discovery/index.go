@@ -12,7 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
-	"k8s.io/apimachinery/pkg/api/meta"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
@@ -75,7 +75,7 @@ func KeyOf(obj runtime.Object) (Key, error) {
 	default:
 		return Key{}, fmt.Errorf("%w: %T", ErrUnsupportedKind, obj)
 	}
-	m, err := meta.Accessor(obj)
+	m, err := apimeta.Accessor(obj)
 	if err != nil {
 		return Key{}, fmt.Errorf("%w: %T: %w", ErrUnsupportedKind, obj, err)
 	}
@@ -396,8 +396,8 @@ func sameObject(a, b runtime.Object, byVersion bool) bool {
 	if !byVersion {
 		return apiequality.Semantic.DeepEqual(a, b)
 	}
-	ma, errA := meta.Accessor(a)
-	mb, errB := meta.Accessor(b)
+	ma, errA := apimeta.Accessor(a)
+	mb, errB := apimeta.Accessor(b)
 	if errA == nil && errB == nil && ma.GetResourceVersion() != "" &&
 		ma.GetResourceVersion() == mb.GetResourceVersion() && ma.GetUID() == mb.GetUID() {
 		return true
