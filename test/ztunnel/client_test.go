@@ -218,14 +218,16 @@ func TestInitialRequestsLikeZtunnel(t *testing.T) {
 
 func TestNACKCausesRejectedValidApplied(t *testing.T) {
 	bad := map[string]xds.Resource{
-		"undecodable":      {Message: wrapperspb.String("x")},
-		"ip-3-bytes":       wl("", func(w *workloadpb.Workload) { w.Addresses = [][]byte{{1, 2, 3}} }),
-		"unknown-enum":     wl("", func(w *workloadpb.Workload) { w.Status = workloadpb.WorkloadStatus(7) }),
-		"legacy-mtls":      wl("", func(w *workloadpb.Workload) { w.TunnelProtocol = workloadpb.TunnelProtocol_LEGACY_ISTIO_MTLS }),
-		"services-key":     wl("", func(w *workloadpb.Workload) { w.Services = map[string]*workloadpb.PortList{"noslash": {}} }),
-		"gateway-no-dest":  wl("", func(w *workloadpb.Workload) { w.NetworkGateway = &workloadpb.GatewayAddress{HboneMtlsPort: 15008} }),
-		"empty-address":    {Message: &workloadpb.Address{}},
-		"unspecified-pref": svc("", func(s *workloadpb.Service) { s.LoadBalancing = &workloadpb.LoadBalancing{RoutingPreference: []workloadpb.LoadBalancing_Scope{workloadpb.LoadBalancing_UNSPECIFIED_SCOPE}} }),
+		"undecodable":     {Message: wrapperspb.String("x")},
+		"ip-3-bytes":      wl("", func(w *workloadpb.Workload) { w.Addresses = [][]byte{{1, 2, 3}} }),
+		"unknown-enum":    wl("", func(w *workloadpb.Workload) { w.Status = workloadpb.WorkloadStatus(7) }),
+		"legacy-mtls":     wl("", func(w *workloadpb.Workload) { w.TunnelProtocol = workloadpb.TunnelProtocol_LEGACY_ISTIO_MTLS }),
+		"services-key":    wl("", func(w *workloadpb.Workload) { w.Services = map[string]*workloadpb.PortList{"noslash": {}} }),
+		"gateway-no-dest": wl("", func(w *workloadpb.Workload) { w.NetworkGateway = &workloadpb.GatewayAddress{HboneMtlsPort: 15008} }),
+		"empty-address":   {Message: &workloadpb.Address{}},
+		"unspecified-pref": svc("", func(s *workloadpb.Service) {
+			s.LoadBalancing = &workloadpb.LoadBalancing{RoutingPreference: []workloadpb.LoadBalancing_Scope{workloadpb.LoadBalancing_UNSPECIFIED_SCOPE}}
+		}),
 	}
 	h, addrs := peerdServer(t)
 	set := []xds.Resource{wl("good"), svc("ns/s.ns.svc.cluster.local")}
