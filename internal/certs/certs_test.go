@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
@@ -660,5 +661,44 @@ func TestClientTLSConfigErrors(t *testing.T) {
 	os.WriteFile(junk, []byte("not pem"), 0o644)
 	if _, err := ClientTLSConfig(junk, "x"); err == nil || !strings.Contains(err.Error(), "junk.pem: no PEM certificate") {
 		t.Errorf("junk file: err = %v", err)
+	}
+}
+
+// TestServerTLSConfigConcurrentHandshakes: handshakes racing a renewal all
+// get a certificate valid at their time (run with -race).
+func TestServerTLSConfigConcurrentHandshakes(t *testing.T) {
+	ca := mustLoad(t, filepath.Join(genMesh(t, "a"), "a"), t0)
+	clock := &fakeClock{t: t0}
+	ca.now = clock.Now
+	cfg, err := ca.ServerTLSConfig([]string{"x"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 8 {
+				if i == 0 {
+					clock.Set(t0.Add(time.Duration(j) * 30 * time.Minute))
+				}
+				now := clock.Now()
+				c, err := cfg.GetCertificate(&tls.ClientHelloInfo{})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if !now.Before(c.Leaf.NotAfter) {
+					errs <- fmt.Errorf("at %s got a certificate that expired at %s", now, c.Leaf.NotAfter)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }

@@ -13,8 +13,9 @@
 // snapshot is complete; hold a response it could not decode (it NACKs the
 // response and fails instead of showing a partial view as complete).
 //
-// Concurrency: Fetch uses one goroutine (the caller's) per call; the
-// renderers are pure and safe for concurrent use.
+// Concurrency: Fetch runs on the caller's goroutine, plus one drain
+// goroutine at the end that always exits before Fetch returns; nothing
+// outlives the call. The renderers are pure and safe for concurrent use.
 //
 // Invariants: rendering is deterministic: rows are sorted (namespace, then
 // name, then uid/hostname) and independent of response order; an empty
