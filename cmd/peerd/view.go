@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -59,6 +60,9 @@ func newViewCommand() *cobra.Command {
 			defer cc.Close()
 			snap, err := view.Fetch(ctx, cc, view.FetchOptions{TypeURLs: types})
 			if err != nil {
+				if d.TLS && dial.ServerName == "" && strings.Contains(err.Error(), "x509") {
+					return fmt.Errorf("--addr %s: %w (the certificate was checked for %q, the host of --addr; pass --server-name, e.g. peerd.istio-system.svc)", addr, err, d.ServerName)
+				}
 				return fmt.Errorf("--addr %s: %w", addr, err)
 			}
 
