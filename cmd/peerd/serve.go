@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -10,14 +12,18 @@ import (
 
 func newServeCommand() *cobra.Command {
 	opts := serve.DefaultOptions()
-	logLevel := zapcore.InfoLevel
+	logLevel := "info"
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the mesh to ztunnel (and, later, to peers) over delta xDS",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			level, err := zapcore.ParseLevel(logLevel)
+			if err != nil {
+				return fmt.Errorf("--log-level %q: %w", logLevel, err)
+			}
 			logConfig := zap.NewProductionConfig()
-			logConfig.Level = zap.NewAtomicLevelAt(logLevel)
+			logConfig.Level = zap.NewAtomicLevelAt(level)
 			logConfig.Sampling = nil
 			log, err := logConfig.Build()
 			if err != nil {
@@ -44,6 +50,6 @@ func newServeCommand() *cobra.Command {
 	f.DurationVar(&opts.MaxConnectionAge, "max-connection-age", opts.MaxConnectionAge, "close client connections after this long so clients rebalance across replicas (0: never)")
 	f.DurationVar(&opts.PeerStaleTTL, "peer-stale-ttl", opts.PeerStaleTTL, "how long a lost peer's services are kept, from the moment the link is lost (no effect until peering lands)")
 	f.DurationVar(&opts.PeerSyncTimeout, "peer-sync-timeout", opts.PeerSyncTimeout, "how long /readyz waits for peer links that have not synced (no effect until peering lands)")
-	f.Var(&logLevel, "log-level", "debug, info, warn or error")
+	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
 	return cmd
 }
