@@ -1,0 +1,26 @@
+// Package istio holds the tests that hold peerd against Istio itself.
+//
+// It is a separate Go module on purpose: it imports istio.io/istio (the
+// generated workloadapi types and istiod's ambient index), a dependency far
+// too heavy for peerd's own module. Nothing outside this directory may import
+// it, and it exports nothing: it is tests only.
+//
+// What it proves:
+//   - wire identity (wire_test.go, descriptor_test.go): peerd's
+//     proto/istio/workload and proto/istio/security encode exactly as Istio's
+//     pkg/workloadapi and pkg/workloadapi/security do, field for field, in both
+//     directions, and their descriptors agree on every number, kind,
+//     cardinality and type name;
+//   - mapping identity (ambient_diff_test.go): for the same Kubernetes
+//     manifests, peerd's internal/ambient produces the same Address resources
+//     as istiod's ambient index running on Istio's fake kube client.
+//
+// Both generated packages register the same protobuf full names, so the tests
+// must run with GOLANG_PROTOBUF_REGISTRATION_CONFLICT=warn (the Makefile's
+// test-istio target sets it). The tests never resolve the shared names
+// through the global registry, so which copy wins the registration does not
+// matter to them.
+//
+// Concurrency: each differential case starts its own fake client and ambient
+// index and stops them when the case ends; cases do not share state.
+package istio
