@@ -51,7 +51,9 @@ func podAnnotations(kv ...string) podOpt {
 }
 
 // captured marks the pod as redirected by the istio CNI.
-func captured() podOpt { return podAnnotations(annotationAmbientRedirection, ambientRedirectionEnabled) }
+func captured() podOpt {
+	return podAnnotations(annotationAmbientRedirection, ambientRedirectionEnabled)
+}
 
 func podIPs(ips ...string) podOpt {
 	return func(p *corev1.Pod) {
@@ -140,7 +142,9 @@ func service(ns, name string, opts ...svcOpt) *corev1.Service {
 	return s
 }
 
-func selector(kv ...string) svcOpt { return func(s *corev1.Service) { s.Spec.Selector = kvMap(nil, kv) } }
+func selector(kv ...string) svcOpt {
+	return func(s *corev1.Service) { s.Spec.Selector = kvMap(nil, kv) }
+}
 
 func svcAnnotations(kv ...string) svcOpt {
 	return func(s *corev1.Service) { s.Annotations = kvMap(s.Annotations, kv) }
@@ -196,7 +200,9 @@ func internalLocal() svcOpt {
 	}
 }
 
-func publishNotReady() svcOpt { return func(s *corev1.Service) { s.Spec.PublishNotReadyAddresses = true } }
+func publishNotReady() svcOpt {
+	return func(s *corev1.Service) { s.Spec.PublishNotReadyAddresses = true }
+}
 
 func namespace(name string, labels, annotations map[string]string) *corev1.Namespace {
 	return &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels, Annotations: annotations}}
