@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -126,25 +127,35 @@ func messageName(m proto.Message) string {
 }
 
 // sortedAddresses orders services by namespace/hostname and workloads by
-// namespace, name, uid, services first.
+// namespace, name, uid, services first. Keys are computed once: a whole-mesh
+// view holds 100k addresses.
 func sortedAddresses(in []*workloadpb.Address) []*workloadpb.Address {
-	out := append([]*workloadpb.Address(nil), in...)
-	key := func(a *workloadpb.Address) [4]string {
-		if s := a.GetService(); s != nil {
-			return [4]string{"0", s.GetNamespace(), s.GetHostname(), s.GetName()}
-		}
-		w := a.GetWorkload()
-		return [4]string{"1", w.GetNamespace(), w.GetName(), w.GetUid()}
+	type keyed struct {
+		k [4]string
+		i int // input position: the final tie-break keeps the order total
+		a *workloadpb.Address
 	}
-	sort.SliceStable(out, func(i, j int) bool {
-		ki, kj := key(out[i]), key(out[j])
-		for n := range ki {
-			if ki[n] != kj[n] {
-				return ki[n] < kj[n]
+	ks := make([]keyed, len(in))
+	for i, a := range in {
+		if s := a.GetService(); s != nil {
+			ks[i] = keyed{[4]string{"0", s.GetNamespace(), s.GetHostname(), s.GetName()}, i, a}
+		} else {
+			w := a.GetWorkload()
+			ks[i] = keyed{[4]string{"1", w.GetNamespace(), w.GetName(), w.GetUid()}, i, a}
+		}
+	}
+	slices.SortFunc(ks, func(x, y keyed) int {
+		for n := range x.k {
+			if c := strings.Compare(x.k[n], y.k[n]); c != 0 {
+				return c
 			}
 		}
-		return false
+		return x.i - y.i
 	})
+	out := make([]*workloadpb.Address, len(ks))
+	for i, k := range ks {
+		out[i] = k.a
+	}
 	return out
 }
 
@@ -158,6 +169,8 @@ func sortedPolicies(in []*securitypb.Authorization) []*securitypb.Authorization 
 	})
 	return out
 }
+
+var cellReplacer = strings.NewReplacer("\t", " ", "\n", " ")
 
 // table accumulates rows for text/tabwriter.
 type table struct {
@@ -178,7 +191,7 @@ func (t *table) row(cells ...string) {
 			c = "-"
 		}
 		// A tab or newline inside a value would break the columns.
-		c = strings.NewReplacer("\t", " ", "\n", " ").Replace(c)
+		c = cellReplacer.Replace(c)
 		if i > 0 {
 			t.tw.Write([]byte{'\t'})
 		}

@@ -3,6 +3,7 @@ package view
 import (
 	"encoding/json"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -293,5 +294,33 @@ func TestJSON(t *testing.T) {
 	}
 	if diff := cmp.Diff(s.Authorizations[0], got, protocmp.Transform()); diff != "" {
 		t.Errorf("policy mismatch (-want +got):\n%s", diff)
+	}
+}
+
+// BenchmarkTable100k renders a whole-mesh view of 100k workloads and 1k
+// services, the size ztunnel-client.md quotes for a large mesh.
+func BenchmarkTable100k(b *testing.B) {
+	var s Snapshot
+	for i := range 1000 {
+		ns := "ns-" + strconv.Itoa(i%50)
+		s.Addresses = append(s.Addresses, svc(ns, "svc-"+strconv.Itoa(i), "svc-"+strconv.Itoa(i)+"."+ns+".svc.cluster.local",
+			func(sv *workloadpb.Service) {
+				sv.Addresses = []*workloadpb.NetworkAddress{vip("net1", netip.AddrFrom4([4]byte{10, 96, byte(i >> 8), byte(i)}).String())}
+				sv.Ports = []*workloadpb.Port{{ServicePort: 80, TargetPort: 8080}}
+			}))
+	}
+	for i := range 100000 {
+		ns := "ns-" + strconv.Itoa(i%50)
+		s.Addresses = append(s.Addresses, wl(ns, "pod-"+strconv.Itoa(i), func(w *workloadpb.Workload) {
+			w.Addresses = [][]byte{{10, byte(i >> 16), byte(i >> 8), byte(i)}}
+			w.Network = "net1"
+			w.Node = "node-" + strconv.Itoa(i%100)
+		}, endpointOf("ns-"+strconv.Itoa(i%50)+"/svc-"+strconv.Itoa(i%1000)+".ns-"+strconv.Itoa(i%50)+".svc.cluster.local")))
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := Table(KindAll, s, Options{}); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
