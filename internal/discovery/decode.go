@@ -1,12 +1,10 @@
 package discovery
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"regexp"
 	"strconv"
 	"strings"
@@ -16,7 +14,6 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	kjson "k8s.io/apimachinery/pkg/runtime/serializer/json"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 )
@@ -107,32 +104,85 @@ func DecodeManifests(file string, data []byte) ([]runtime.Object, error) {
 }
 
 func decodeManifests(file string, data []byte, skip SkipFunc) ([]runtime.Object, error) {
-	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
 	var (
 		objs []runtime.Object
 		errs []error
+		seen = map[Key]int{} // object -> document that defined it first
 	)
-	for doc := 1; ; doc++ {
-		raw, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			errs = append(errs, &ManifestError{File: file, Document: doc, Item: -1, Err: fmt.Errorf("reading YAML: %w", err)})
-			break
-		}
+	for i, raw := range splitDocuments(data) {
+		doc := i + 1
 		d := docDecoder{file: file, doc: doc, skip: skip}
 		got, err := d.decodeDocument(raw)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		objs = append(objs, got...)
+		for _, obj := range got {
+			key, _ := KeyOf(obj) // prepare guarantees a name
+			if first, ok := seen[key]; ok {
+				errs = append(errs, d.fail(-1, key.String(), "", fmt.Errorf("%w: also in document %d of this file", ErrConflict, first)))
+				continue
+			}
+			seen[key] = doc
+			objs = append(objs, obj)
+		}
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
 	return objs, nil
+}
+
+// splitDocuments cuts a multi-document YAML file at its `---` lines. Unlike
+// apimachinery's YAMLReader it keeps empty documents, so that document
+// numbers in errors match what a reader counts in the file. Only a leading
+// chunk of blank lines and comments before the first `---` is not a
+// document.
+func splitDocuments(data []byte) [][]byte {
+	var (
+		docs [][]byte
+		cur  []byte
+		// sawContent: cur holds something other than blanks and comments;
+		// sawSep: a separator was seen.
+		sawContent, sawSep bool
+	)
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i+1], data[i+1:]
+		} else {
+			data = nil
+		}
+		if isSeparator(line) {
+			if sawSep || sawContent {
+				docs = append(docs, cur)
+			}
+			cur, sawContent, sawSep = nil, false, true
+			continue
+		}
+		cur = append(cur, line...)
+		if t := bytes.TrimSpace(line); len(t) > 0 && t[0] != '#' {
+			sawContent = true
+		}
+	}
+	if sawContent || (sawSep && len(bytes.TrimSpace(cur)) > 0) {
+		docs = append(docs, cur)
+	}
+	return docs
+}
+
+// isSeparator reports whether line is a document separator: `---` at the
+// start, followed by nothing but blanks or a comment.
+func isSeparator(line []byte) bool {
+	rest, ok := bytes.CutPrefix(line, []byte("---"))
+	if !ok {
+		return false
+	}
+	if len(rest) > 0 && rest[0] != ' ' && rest[0] != '\t' && rest[0] != '\n' && rest[0] != '\r' {
+		return false
+	}
+	rest = bytes.TrimSpace(rest)
+	return len(rest) == 0 || rest[0] == '#'
 }
 
 type docDecoder struct {
