@@ -79,10 +79,10 @@ var codec = kjson.NewSerializerWithOptions(kjson.DefaultMetaFactory, scheme, sch
 
 // storedKinds are the kinds the Index stores, at the only version peerd reads.
 var storedKinds = map[schema.GroupKind]schema.GroupVersionKind{
-	{Kind: "Namespace"}:     corev1.SchemeGroupVersion.WithKind("Namespace"),
-	{Kind: "Node"}:          corev1.SchemeGroupVersion.WithKind("Node"),
-	{Kind: "Pod"}:           corev1.SchemeGroupVersion.WithKind("Pod"),
-	{Kind: "Service"}:       corev1.SchemeGroupVersion.WithKind("Service"),
+	{Kind: "Namespace"}: corev1.SchemeGroupVersion.WithKind("Namespace"),
+	{Kind: "Node"}:      corev1.SchemeGroupVersion.WithKind("Node"),
+	{Kind: "Pod"}:       corev1.SchemeGroupVersion.WithKind("Pod"),
+	{Kind: "Service"}:   corev1.SchemeGroupVersion.WithKind("Service"),
 	{Group: discoveryv1.GroupName, Kind: "EndpointSlice"}: discoveryv1.SchemeGroupVersion.WithKind("EndpointSlice"),
 	{Group: gatewayv1.GroupName, Kind: "Gateway"}:         gatewayv1.SchemeGroupVersion.WithKind("Gateway"),
 }
