@@ -27,7 +27,9 @@ import (
 // synced. After that every change under the directory, as reported by
 // fsnotify, triggers a reload of the whole set once the events already
 // queued have been drained: changes are coalesced, never delayed by a timer.
-// Only files whose bytes changed are decoded and given to the Index.
+// Only files whose bytes changed are decoded and given to the Index. A file
+// that becomes empty keeps its objects, because that is also what a file
+// being rewritten in place looks like; delete a file to remove its objects.
 type FileSource struct {
 	dir    string
 	source string
@@ -211,7 +213,16 @@ func (s *FileSource) reload(w *fsnotify.Watcher) {
 			s.idx.SetError(s.source, file, fmt.Errorf("%s: %w", file, err))
 			continue
 		}
-		if old, ok := s.contents[file]; ok && bytes.Equal(old, data) {
+		old, known := s.contents[file]
+		if known && bytes.Equal(old, data) {
+			continue
+		}
+		if known && len(data) == 0 {
+			// An editor saving in place truncates first and writes after;
+			// reading in between sees an empty file. Without a debounce
+			// timer that moment is visible here, so an emptied file keeps
+			// its objects (deleting the file removes them).
+			s.log.Debug("manifest file is empty; keeping its last objects", zap.String("file", file))
 			continue
 		}
 		s.contents[file] = data
