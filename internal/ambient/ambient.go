@@ -47,10 +47,28 @@ type Inputs struct {
 	Gateways       []*gatewayv1.Gateway
 }
 
-// Warning is a problem found in the inputs. Object is "<kind> <namespace>/<name>"
-// (or "<kind> <name>" for cluster-scoped objects); Field is the path inside it.
+// ObjectRef names an input object. Kind is lower case ("service", "pod");
+// Namespace is empty for cluster-scoped objects.
+type ObjectRef struct {
+	Kind      string
+	Namespace string
+	Name      string
+}
+
+// String renders "<kind> <namespace>/<name>", or "<kind> <name>" for
+// cluster-scoped objects.
+func (r ObjectRef) String() string {
+	if r.Namespace == "" {
+		return r.Kind + " " + r.Name
+	}
+	return r.Kind + " " + r.Namespace + "/" + r.Name
+}
+
+// Warning is a problem found in the inputs: the object, the path of the
+// field inside it, and what is wrong. Callers turn it into logs, metrics and
+// Kubernetes Events; the structured Object lets them find the object again.
 type Warning struct {
-	Object  string
+	Object  ObjectRef
 	Field   string
 	Message string
 }
@@ -58,9 +76,9 @@ type Warning struct {
 // String renders the warning as "object: field: message".
 func (w Warning) String() string {
 	if w.Field == "" {
-		return w.Object + ": " + w.Message
+		return w.Object.String() + ": " + w.Message
 	}
-	return w.Object + ": " + w.Field + ": " + w.Message
+	return w.Object.String() + ": " + w.Field + ": " + w.Message
 }
 
 // Output is the result of one Build.
@@ -169,7 +187,7 @@ func (c Config) workloadTrustDomain() string {
 // warnings collects Warnings during one Build.
 type warnings struct{ list []Warning }
 
-func (w *warnings) add(object, field, message string) {
+func (w *warnings) add(object ObjectRef, field, message string) {
 	w.list = append(w.list, Warning{Object: object, Field: field, Message: message})
 }
 
@@ -179,7 +197,7 @@ func (w *warnings) sorted() []Warning {
 	}
 	out := slices.Clone(w.list)
 	slices.SortFunc(out, func(a, b Warning) int {
-		return cmp.Or(cmp.Compare(a.Object, b.Object), cmp.Compare(a.Field, b.Field), cmp.Compare(a.Message, b.Message))
+		return cmp.Or(cmp.Compare(a.Object.String(), b.Object.String()), cmp.Compare(a.Field, b.Field), cmp.Compare(a.Message, b.Message))
 	})
 	return slices.Compact(out)
 }

@@ -117,14 +117,14 @@ func TestEndpointSliceWorkloads(t *testing.T) {
 			name:  "duplicate address in one slice: first kept, warning",
 			slice: slice("apps", "ext-1", "ext", httpPort, endpoint("192.168.1.5"), endpoint("192.168.1.5", epReady(false))),
 			want:  []*workloadpb.Workload{wantSliceWorkload("ext-1", "192.168.1.5", nil)},
-			warnings: []Warning{{Object: "endpointslice apps/ext-1", Field: "endpoints[1].addresses[0]",
+			warnings: []Warning{{Object: ObjectRef{Kind: "endpointslice", Namespace: "apps", Name: "ext-1"}, Field: "endpoints[1].addresses[0]",
 				Message: `address "192.168.1.5" listed twice: later endpoint ignored`}},
 		},
 		{
 			name:  "invalid address: endpoint skipped, warning",
 			slice: slice("apps", "ext-1", "ext", httpPort, endpoint("nope"), endpoint("192.168.1.5")),
 			want:  []*workloadpb.Workload{wantSliceWorkload("ext-1", "192.168.1.5", nil)},
-			warnings: []Warning{{Object: "endpointslice apps/ext-1", Field: "endpoints[0].addresses",
+			warnings: []Warning{{Object: ObjectRef{Kind: "endpointslice", Namespace: "apps", Name: "ext-1"}, Field: "endpoints[0].addresses",
 				Message: `invalid IP "nope": endpoint not published`}},
 		},
 		{

@@ -34,11 +34,7 @@ func networkIPKey(network string, ip netip.Addr) string {
 	return network + "/" + ip.String()
 }
 
-// objectRef names an object in a Warning: "<kind> <namespace>/<name>", or
-// "<kind> <name>" for cluster-scoped objects.
-func objectRef(kind, namespace, name string) string {
-	if namespace == "" {
-		return kind + " " + name
-	}
-	return kind + " " + namespace + "/" + name
+// objectRef names the object a Warning is about.
+func objectRef(kind, namespace, name string) ObjectRef {
+	return ObjectRef{Kind: kind, Namespace: namespace, Name: name}
 }

@@ -114,7 +114,7 @@ func TestServiceResource(t *testing.T) {
 			name: "invalid cluster IP drops the service with a warning",
 			svc:  service("apps", "echo", clusterIPs("10.96.0.10", "fd00::1"), func(s *corev1.Service) { s.Spec.ClusterIPs[1] = "bogus" }),
 			want: nil,
-			warnings: []Warning{{Object: "service apps/echo", Field: "spec.clusterIPs[1]",
+			warnings: []Warning{{Object: ObjectRef{Kind: "service", Namespace: "apps", Name: "echo"}, Field: "spec.clusterIPs[1]",
 				Message: `invalid IP "bogus": service not published`}},
 		},
 		{

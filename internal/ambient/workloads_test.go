@@ -95,7 +95,7 @@ func TestPodWorkload(t *testing.T) {
 			name: "invalid pod IP drops the pod with a warning",
 			pod:  pod("apps", "echo", podIPs("10.0.0.1", "not-an-ip")),
 			want: nil,
-			warnings: []Warning{{Object: "pod apps/echo", Field: "status.podIPs[1]",
+			warnings: []Warning{{Object: ObjectRef{Kind: "pod", Namespace: "apps", Name: "echo"}, Field: "status.podIPs[1]",
 				Message: `invalid IP "not-an-ip": workload not published`}},
 		},
 		{
@@ -156,7 +156,7 @@ func TestPodWorkload(t *testing.T) {
 			name: "unknown node gives no locality and a warning",
 			pod:  pod("apps", "echo", onNode("ghost")),
 			want: wantPod("apps", "echo", func(w *workloadpb.Workload) { w.Node = "ghost" }),
-			warnings: []Warning{{Object: "pod apps/echo", Field: "spec.nodeName",
+			warnings: []Warning{{Object: ObjectRef{Kind: "pod", Namespace: "apps", Name: "echo"}, Field: "spec.nodeName",
 				Message: `node "ghost" not found: locality unknown`}},
 		},
 		{

@@ -18,6 +18,8 @@ type modelLoop struct {
 	index     *discovery.Index
 	addresses *xds.Cache
 	log       *zap.Logger
+	// events is nil unless the source is a Kubernetes API server.
+	events *warningEvents
 
 	// reported remembers the warnings already logged, so a warning is logged
 	// once when it appears rather than on every recompute.
@@ -28,11 +30,12 @@ type modelLoop struct {
 	recomputes  prometheus.Counter
 }
 
-func newModelLoop(cfg ambient.Config, index *discovery.Index, addresses *xds.Cache, log *zap.Logger, reg prometheus.Registerer) *modelLoop {
+func newModelLoop(cfg ambient.Config, index *discovery.Index, addresses *xds.Cache, events *warningEvents, log *zap.Logger, reg prometheus.Registerer) *modelLoop {
 	m := &modelLoop{
 		config:    cfg,
 		index:     index,
 		addresses: addresses,
+		events:    events,
 		log:       log,
 		reported:  map[string]bool{},
 		warnings: prometheus.NewGauge(prometheus.GaugeOpts{
@@ -68,7 +71,8 @@ func (m *modelLoop) run(ctx context.Context) {
 // recompute builds the model from the index's current snapshot and hands the
 // full set to the cache, which pushes only what really changed.
 func (m *modelLoop) recompute() {
-	out := ambient.Build(m.config, ambient.Inputs(m.index.Snapshot()))
+	objs := m.index.Snapshot()
+	out := ambient.Build(m.config, ambient.Inputs(objs))
 	resources := make([]xds.Resource, 0, len(out.Addresses))
 	for _, a := range out.Addresses {
 		resources = append(resources, xds.Resource{
@@ -79,17 +83,22 @@ func (m *modelLoop) recompute() {
 	}
 	m.addresses.Replace(resources)
 	m.recomputes.Inc()
-	m.report(out.Warnings)
+	m.report(out.Warnings, objs)
 }
 
-func (m *modelLoop) report(warnings []ambient.Warning) {
+// report logs, counts and records as Events the warnings that are new since
+// the previous recompute; a warning that persists is reported once.
+func (m *modelLoop) report(warnings []ambient.Warning, objs discovery.Objects) {
 	current := make(map[string]bool, len(warnings))
 	for _, w := range warnings {
 		text := w.String()
 		current[text] = true
 		if !m.reported[text] {
-			m.log.Warn("model warning", zap.String("object", w.Object), zap.String("field", w.Field), zap.String("problem", w.Message))
+			m.log.Warn("model warning", zap.Stringer("object", w.Object), zap.String("field", w.Field), zap.String("problem", w.Message))
 			m.newWarnings.Inc()
+			if m.events != nil {
+				m.events.record(w, objs)
+			}
 		}
 	}
 	m.reported = current

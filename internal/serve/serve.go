@@ -66,7 +66,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	status := newStatus(index, reg)
 	log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd until the istiod relay exists")
 
-	sources, err := startSources(ctx, opts, index, log)
+	sources, events, err := startSources(ctx, opts, index, log)
 	if err != nil {
 		return err
 	}
@@ -94,7 +94,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 		TrustDomain:     opts.TrustDomain,
 		DomainSuffix:    opts.DomainSuffix,
 		SystemNamespace: opts.SystemNamespace,
-	}, index, addresses, log, reg)
+	}, index, addresses, events, log, reg)
 	model.recompute()
 	go model.run(ctx)
 	log.Info("sources synced; first model built", zap.Int("addresses", addresses.Len()))
@@ -159,21 +159,26 @@ func newGRPCServer(opts Options, creds credentials.TransportCredentials) *grpc.S
 	return grpc.NewServer(serverOpts...)
 }
 
-// startSources builds the configured source and returns its run function.
-func startSources(ctx context.Context, opts Options, index *discovery.Index, log *zap.Logger) ([]func(context.Context) error, error) {
+// startSources builds the configured source and returns its run function
+// and, for Kubernetes, the recorder of warning Events.
+func startSources(ctx context.Context, opts Options, index *discovery.Index, log *zap.Logger) ([]func(context.Context) error, *warningEvents, error) {
 	if opts.ConfigDir != "" {
 		files := discovery.NewFileSource(opts.ConfigDir, index, log.Named("files"))
-		return []func(context.Context) error{files.Run}, nil
+		return []func(context.Context) error{files.Run}, nil, nil
 	}
 	cfg, err := kubeConfig(opts.Kubeconfig)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	kube, err := discovery.NewKubeSource(cfg, index, log.Named("kube"))
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return []func(context.Context) error{kube.Run}, nil
+	events, err := startWarningEvents(ctx, cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return []func(context.Context) error{kube.Run}, events, nil
 }
 
 func kubeConfig(path string) (*rest.Config, error) {
