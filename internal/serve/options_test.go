@@ -1,0 +1,51 @@
+package serve
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestValidate(t *testing.T) {
+	valid := DefaultOptions()
+	valid.ClusterName = "c1"
+	valid.CADir = "/etc/cacerts"
+
+	tests := []struct {
+		name   string
+		mutate func(*Options)
+		want   string // "" = valid; otherwise a fragment of the error
+	}{
+		{"defaults with a cluster name and a ca-dir", func(*Options) {}, ""},
+		{"cluster name missing", func(o *Options) { o.ClusterName = "" }, "--cluster-name is required"},
+		{"TLS listener without a ca-dir", func(o *Options) { o.CADir = "" }, "needs --ca-dir"},
+		{"plaintext only needs no ca-dir", func(o *Options) { o.CADir, o.Listen, o.PlaintextListen = "", "", "127.0.0.1:15010" }, ""},
+		{"no gRPC listener at all", func(o *Options) { o.Listen, o.PlaintextListen = "", "" }, "no gRPC listener"},
+		{"negative connection age", func(o *Options) { o.MaxConnectionAge = -1 }, "--max-connection-age"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := valid
+			tt.mutate(&o)
+			err := o.Validate()
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("unexpected error: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("error = %v, want one containing %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestDefaultSANsFollowTheSystemNamespace(t *testing.T) {
+	o := DefaultOptions()
+	o.SystemNamespace = "mesh-system"
+	got := strings.Join(o.sans(), ",")
+	if got != "peerd.mesh-system.svc,istiod.mesh-system.svc" {
+		t.Fatalf("sans = %s", got)
+	}
+	o.ServerSANs = []string{"peerd.example"}
+	if got := strings.Join(o.sans(), ","); got != "peerd.example" {
+		t.Fatalf("configured sans = %s", got)
+	}
+}
