@@ -61,6 +61,14 @@ func (h *fileHarness) start() {
 	if err := h.idx.WaitSynced(wctx); err != nil {
 		h.t.Fatalf("first load: %v", err)
 	}
+	// The first load reported itself before marking the source synced;
+	// forget that report so waitReloadOf only sees reloads caused by the
+	// test's own changes.
+	select {
+	case <-h.reloads:
+	default:
+		h.t.Fatal("the first load did not report a reload")
+	}
 }
 
 // waitUntil re-checks cond after every change signal and every reload.
