@@ -6,7 +6,11 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protodesc"
 	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
+	"google.golang.org/protobuf/types/descriptorpb"
 
 	securitypb "github.com/peerd-mesh/peerd/proto/istio/security"
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
@@ -35,27 +39,56 @@ func TestDescriptorsMatchIstio(t *testing.T) {
 	}
 }
 
-// TestDescriptorDiffDetectsChanges makes sure diffFiles is not blind: a
-// descriptor compared against an altered copy of itself must show the change.
+// TestDescriptorDiffDetectsChanges makes sure diffFiles is not blind: peerd's
+// own descriptor, rebuilt with one field renumbered, one enum value
+// renumbered or one field's type changed, must each show the change.
 func TestDescriptorDiffDetectsChanges(t *testing.T) {
-	d := describeFile(workloadapi.File_workloadapi_workload_proto)
-	var key string
-	for k := range d {
-		if strings.HasPrefix(k, "field istio.workload.Workload.uid ") {
-			key = k
+	base := protodesc.ToFileDescriptorProto(workloadpb.File_istio_workload_workload_proto)
+	find := func(fdp *descriptorpb.FileDescriptorProto, msg, field string) *descriptorpb.FieldDescriptorProto {
+		for _, m := range fdp.GetMessageType() {
+			if m.GetName() != msg {
+				continue
+			}
+			for _, f := range m.GetField() {
+				if f.GetName() == field {
+					return f
+				}
+			}
 		}
+		t.Fatalf("no field %s.%s in peerd's descriptor", msg, field)
+		return nil
 	}
-	if key == "" {
-		t.Fatal("describeFile did not describe istio.workload.Workload.uid")
-	}
-	altered := map[string]bool{}
-	for k := range d {
-		altered[k] = true
-	}
-	delete(altered, key)
-	altered[strings.Replace(key, "number=20", "number=21", 1)] = true
-	if got := diffDescriptions(d, altered); len(got) != 2 {
-		t.Errorf("a renumbered field gave %d differences, want 2: %v", len(got), got)
+	for _, tc := range []struct {
+		name   string
+		change func(*descriptorpb.FileDescriptorProto)
+		want   string
+	}{
+		{"renumbered field", func(fdp *descriptorpb.FileDescriptorProto) {
+			find(fdp, "Workload", "uid").Number = proto.Int32(99)
+		}, "field istio.workload.Workload.uid number=99"},
+		{"renumbered enum value", func(fdp *descriptorpb.FileDescriptorProto) {
+			for _, e := range fdp.GetEnumType() {
+				if e.GetName() == "TunnelProtocol" {
+					e.GetValue()[1].Number = proto.Int32(7)
+				}
+			}
+		}, "enum value istio.workload.HBONE number=7"},
+		{"changed kind", func(fdp *descriptorpb.FileDescriptorProto) {
+			find(fdp, "Port", "target_port").Type = descriptorpb.FieldDescriptorProto_TYPE_INT32.Enum()
+		}, "field istio.workload.Port.target_port number=2 kind=int32"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fdp := proto.Clone(base).(*descriptorpb.FileDescriptorProto)
+			tc.change(fdp)
+			altered, err := protodesc.NewFile(fdp, protoregistry.GlobalFiles)
+			if err != nil {
+				t.Fatalf("rebuilding the altered descriptor: %v", err)
+			}
+			d := diffFiles(workloadapi.File_workloadapi_workload_proto, altered)
+			if !strings.Contains(strings.Join(d, "\n"), "only peerd has: "+tc.want) {
+				t.Errorf("the %s was not reported; differences were:\n  %s", tc.name, strings.Join(d, "\n  "))
+			}
+		})
 	}
 }
 

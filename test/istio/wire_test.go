@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/testing/protocmp"
@@ -417,13 +418,12 @@ func (c *coverage) add(m protoreflect.Message) {
 
 // missing lists what the recorded messages never exercised, for every
 // message and enum declared in the given file. A singular proto3 enum at
-// zero is never on the wire, so zero values count only where a message did
-// carry them (LoadBalancing.routing_preference is repeated and does).
+// zero is never on the wire, so zero values are not required (the
+// fixtures still put UNSPECIFIED_SCOPE in the repeated routing_preference).
 func (c *coverage) missing(fd protoreflect.FileDescriptor) []string {
 	var out []string
 	var msgs func(protoreflect.MessageDescriptors)
-	var enums func(protoreflect.EnumDescriptors)
-	enums = func(eds protoreflect.EnumDescriptors) {
+	enums := func(eds protoreflect.EnumDescriptors) {
 		for i := 0; i < eds.Len(); i++ {
 			ed := eds.Get(i)
 			for j := 0; j < ed.Values().Len(); j++ {
@@ -606,4 +606,30 @@ func scalar(fd protoreflect.FieldDescriptor, v int) protoreflect.Value {
 		return protoreflect.ValueOfFloat64(float64(n))
 	}
 	panic(fmt.Sprintf("fill: unhandled kind %v of %s", fd.Kind(), fd.FullName()))
+}
+
+// TestWireCheckersAreNotBlind feeds the checkers that the round trips rely
+// on what they exist to catch: a field number the receiver does not know,
+// and two fields whose values trade places (as swapped numbers would make
+// them).
+func TestWireCheckersAreNotBlind(t *testing.T) {
+	b, err := deterministic.Marshal(&workloadapi.Workload{Uid: "u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = protowire.AppendTag(b, 99, protowire.VarintType)
+	b = protowire.AppendVarint(b, 1)
+	w := &workloadpb.Workload{}
+	if err := proto.Unmarshal(b, w); err != nil {
+		t.Fatal(err)
+	}
+	if u := unknownFields(w.ProtoReflect(), "workload"); len(u) != 1 {
+		t.Errorf("an unknown field 99 gave %v, want one report", u)
+	}
+
+	istio := &workloadapi.Workload{Name: "echo", Namespace: "apps"}
+	swapped := &workloadpb.Workload{Name: "apps", Namespace: "echo"}
+	if d := diffByName(istio.ProtoReflect(), swapped.ProtoReflect(), "workload"); len(d) != 2 {
+		t.Errorf("swapped name/namespace gave %v, want two differences", d)
+	}
 }
