@@ -2,6 +2,8 @@ package discovery
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -497,5 +499,26 @@ spec: {clusterIP: 10.0.0.1, ports: [{port: 0}]}
 	want := []string{"service default/a spec.clusterIP", "service default/b spec.ports[0].port"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("errors (-want +got):\n%s", diff)
+	}
+}
+
+// TestDecodeProjectExamples keeps the project's own manifest sets (what
+// `make run` and the end-to-end tests serve) decodable.
+func TestDecodeProjectExamples(t *testing.T) {
+	files, err := filepath.Glob("../../examples/*/*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatal("no example manifests found under examples/")
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := DecodeManifests(f, data); err != nil {
+			t.Errorf("%v", err)
+		}
 	}
 }

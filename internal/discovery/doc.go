@@ -4,35 +4,45 @@
 // Sources:
 //   - the Kubernetes API through client-go informers (KubeSource, kube.go);
 //   - a directory of Kubernetes manifests (FileSource, --config-dir), decoded
-//     by DecodeManifests with the API server's defaults applied, so a manifest
-//     means the same in a file as in a cluster.
+//     by DecodeManifests with the API server's defaults applied (defaults.go),
+//     so a manifest means the same in a file as in a cluster.
 //
 // What it must never do: derive anything. Mapping objects to WDS resources is
 // internal/ambient's job; discovery stores objects as the sources give them
-// (plus, for files, the defaults an API server would have applied) and says
+// (plus, for files, what an API server would have set on create) and says
 // that something changed. It never mutates an object after handing it to the
-// Index, and callers must not mutate what Snapshot returns.
+// Index, and callers must not mutate what Snapshot returns. The file source
+// never invents what a cluster would allocate (cluster IPs, node ports): a
+// non-headless Service without spec.clusterIP is an error. Where a cluster's
+// configuration would decide (the default IP family) it assumes IPv4 first.
 //
 // Concurrency contract: Index is safe for concurrent use by any number of
 // sources and readers. Every method takes one mutex for a short, bounded time
 // and never blocks on a channel while holding it: Changed is a capacity-1,
 // latest-wins signal sent without blocking. A receiver takes a fresh Snapshot
-// after each signal; one signal may stand for many changes.
+// after each signal; one signal may stand for many changes. A FileSource does
+// all its work in the goroutine that calls Run; it never waits on a timer:
+// it drains the fsnotify events already queued, then reloads once.
 //
 // Invariants:
-//   - Snapshot is sorted by kind, namespace, name, and is identical for
-//     identical contents (it does not depend on arrival order except for
-//     conflict resolution below).
+//   - Each kind in a Snapshot is sorted by namespace, then name.
 //   - Changed fires only when the objects in force change: an update that is
-//     deep-equal to what is held (or, from an informer, has the same
-//     resourceVersion and uid) does not signal.
+//     deep-equal to what is held (or, from a non-file source such as an
+//     informer, has the same resourceVersion and uid) does not signal.
 //   - Every object has one origin in force: a source, and for the file source
 //     a file. When two origins define the same object (kind, namespace,
 //     name), the first one seen stays in force and Errors reports the
 //     conflict naming both; when the first one goes away the next takes over.
+//     Files are read in path order, so the first load is deterministic.
 //   - A file is replaced as a whole: a file that fails to decode changes
-//     nothing (its last good objects stay in force) and its error is reported
-//     by Errors until a good version of the file, or its deletion, clears it.
+//     nothing (its last good objects stay in force) and its error, naming
+//     file, document (counted from 1, as a reader counts them), object and
+//     field, is reported by Errors until a good version of the file, or its
+//     deletion, clears it. A file seen empty keeps its objects (that is what
+//     an in-place save looks like half way); deleting a file removes them.
+//   - Dot-directories and dot-files below the config dir are never read (a
+//     ConfigMap volume's `..data` and `..<timestamp>` would otherwise be read
+//     twice); symlinked files are followed, symlinked directories are not.
 //   - Synced is false until at least one source registered and every
 //     registered source called MarkSynced after its first full load.
 package discovery

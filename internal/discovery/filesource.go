@@ -297,8 +297,9 @@ func (s *FileSource) syncWatches(w *fsnotify.Watcher, dirs []string) {
 func (s *FileSource) logNewConflicts() {
 	now := map[string]bool{}
 	for _, err := range s.idx.Errors() {
-		if !errors.Is(err, ErrConflict) {
-			continue
+		var me *ManifestError
+		if !errors.Is(err, ErrConflict) || errors.As(err, &me) {
+			continue // in-file duplicates were logged with their file
 		}
 		msg := err.Error()
 		now[msg] = true
