@@ -84,7 +84,7 @@ var storedKinds = map[schema.GroupKind]schema.GroupVersionKind{
 	{Kind: "Pod"}:       corev1.SchemeGroupVersion.WithKind("Pod"),
 	{Kind: "Service"}:   corev1.SchemeGroupVersion.WithKind("Service"),
 	{Group: discoveryv1.GroupName, Kind: "EndpointSlice"}: discoveryv1.SchemeGroupVersion.WithKind("EndpointSlice"),
-	{Group: gatewayv1.GroupName, Kind: "Gateway"}:         gatewayv1.SchemeGroupVersion.WithKind("Gateway"),
+	{Group: gatewayv1.GroupName, Kind: "Gateway"}:         schema.GroupVersion{Group: gatewayv1.GroupName, Version: "v1"}.WithKind("Gateway"),
 }
 
 // SkipFunc is told about each document DecodeManifests leaves out because
