@@ -2,8 +2,10 @@ package istio
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -79,12 +81,13 @@ func TestAmbientMatchesIstiod(t *testing.T) {
 		files := cases[name]
 		t.Run(name, func(t *testing.T) {
 			objs := decodeFiles(t, files)
-			want := istiodAddresses(t, istiodConfig{
+			istiod := runIstiod(t, istiodConfig{
 				ClusterID:       diffClusterID,
 				DomainSuffix:    diffDomainSuffix,
 				SystemNamespace: diffSystemNS,
 			}, objs)
-			got := peerdAddresses(t, objs)
+			want := istiod.Addresses
+			got, keys := peerdAddresses(t, objs)
 			if len(want) == 0 {
 				t.Fatal("istiod produced no addresses at all: the harness, not the mapping, is broken")
 			}
@@ -94,6 +97,9 @@ func TestAmbientMatchesIstiod(t *testing.T) {
 				t.Log(n)
 			}
 			for _, p := range problems {
+				t.Error(p)
+			}
+			for _, p := range compareLookups(istiod, got, keys) {
 				t.Error(p)
 			}
 		})
@@ -119,7 +125,8 @@ func decodeFiles(t *testing.T, files []string) []runtime.Object {
 
 // peerdAddresses runs peerd's mapping and carries each Address into Istio's
 // generated type through its wire bytes, which is what ztunnel would decode.
-func peerdAddresses(t *testing.T, objs []runtime.Object) map[string]*workloadapi.Address {
+// keys maps each resource name to its ambient.LookupKeys.
+func peerdAddresses(t *testing.T, objs []runtime.Object) (addrs map[string]*workloadapi.Address, keys map[string][]string) {
 	t.Helper()
 	var in discovery.Objects
 	for _, o := range objs {
@@ -149,8 +156,10 @@ func peerdAddresses(t *testing.T, objs []runtime.Object) map[string]*workloadapi
 		t.Logf("peerd warning: %s", w)
 	}
 	res := map[string]*workloadapi.Address{}
+	keys = map[string][]string{}
 	for _, a := range out.Addresses {
 		name := ambient.ResourceName(a)
+		keys[name] = ambient.LookupKeys(a)
 		if _, dup := res[name]; dup {
 			t.Errorf("peerd: two addresses named %q", name)
 			continue
@@ -168,7 +177,85 @@ func peerdAddresses(t *testing.T, objs []runtime.Object) map[string]*workloadapi
 		}
 		res[name] = ia
 	}
-	return res
+	return res, keys
+}
+
+// compareLookups checks peerd's on-demand keys against istiod's own lookup,
+// which is what answers ztunnel's on-demand requests:
+//   - every resource name, asked as a key, gives that resource first;
+//   - for every "network/ip" key either side knows (peerd's LookupKeys, and
+//     each address of istiod's resources), the resources peerd files under
+//     it are exactly those istiod answers with directly: every workload at
+//     that address, or else the one service with that VIP (istiod appends
+//     the service's workloads, which ztunnel then gets under their own
+//     names; peerd does not list them under the VIP).
+func compareLookups(istiod istiodView, peerd map[string]*workloadapi.Address, peerdKeys map[string][]string) []string {
+	var problems []string
+	names := make([]string, 0, len(peerd))
+	for n := range peerd {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	byKey := map[string][]string{}
+	for _, n := range names {
+		if got := istiod.Lookup(n); len(got) == 0 || got[0] != n {
+			problems = append(problems, fmt.Sprintf("lookup %q: istiod answers %v, want the resource itself first", n, got))
+		}
+		for _, k := range peerdKeys[n] {
+			byKey[k] = append(byKey[k], n)
+		}
+	}
+	candidates := map[string]bool{}
+	for k := range byKey {
+		candidates[k] = true
+	}
+	for _, a := range istiod.Addresses {
+		for _, k := range addressKeys(a) {
+			candidates[k] = true
+		}
+	}
+	sortedKeys := make([]string, 0, len(candidates))
+	for k := range candidates {
+		sortedKeys = append(sortedKeys, k)
+	}
+	sort.Strings(sortedKeys)
+	for _, k := range sortedKeys {
+		var want []string
+		answer := istiod.Lookup(k)
+		if len(answer) > 0 && istiod.Addresses[answer[0]].GetService() != nil {
+			want = answer[:1]
+		} else {
+			want = answer
+		}
+		want = append([]string(nil), want...)
+		sort.Strings(want)
+		got := byKey[k]
+		if !slices.Equal(want, got) {
+			problems = append(problems, fmt.Sprintf("on-demand key %q: istiod answers with %v, peerd files %v under it", k, want, got))
+		}
+	}
+	return problems
+}
+
+// addressKeys derives the "network/ip" keys of one of istiod's addresses:
+// each workload address on the workload's network, each service VIP on its
+// own network.
+func addressKeys(a *workloadapi.Address) []string {
+	var keys []string
+	add := func(network string, raw []byte) {
+		if ip, ok := netip.AddrFromSlice(raw); ok {
+			keys = append(keys, network+"/"+ip.String())
+		}
+	}
+	if w := a.GetWorkload(); w != nil {
+		for _, raw := range w.GetAddresses() {
+			add(w.GetNetwork(), raw)
+		}
+	}
+	for _, na := range a.GetService().GetAddresses() {
+		add(na.GetNetwork(), na.GetAddress())
+	}
+	return keys
 }
 
 // peerdOnlyTrafficDistribution names the Services whose load_balancing is
@@ -321,11 +408,14 @@ func describe(a *workloadapi.Address) string {
 
 // TestCompareAddressesCatchesDifferences keeps the differential test honest:
 // istiod's own output, altered in one field, in the ignored field of a
-// service not on the ignore list, or missing one resource, must be reported.
+// service not on the ignore list, or missing one resource, must be reported,
+// and so must on-demand keys that are missing or filed under the wrong
+// resource.
 func TestCompareAddressesCatchesDifferences(t *testing.T) {
 	files := diffCases(t)["examples/cluster1"]
 	objs := decodeFiles(t, files)
-	want := istiodAddresses(t, istiodConfig{ClusterID: diffClusterID, DomainSuffix: diffDomainSuffix, SystemNamespace: diffSystemNS}, objs)
+	view := runIstiod(t, istiodConfig{ClusterID: diffClusterID, DomainSuffix: diffDomainSuffix, SystemNamespace: diffSystemNS}, objs)
+	want := view.Addresses
 	ignored := peerdOnlyTrafficDistribution(objs)
 	clone := func() map[string]*workloadapi.Address {
 		out := map[string]*workloadapi.Address{}
@@ -368,5 +458,29 @@ func TestCompareAddressesCatchesDifferences(t *testing.T) {
 	delete(got, wl)
 	if p, _ := compareAddresses(want, got, ignored); len(p) != 1 || !strings.Contains(p[0], "istiod serves it, peerd does not") {
 		t.Errorf("a missing workload gave %v", p)
+	}
+
+	// The lookup comparison: istiod's own keys pass; a key dropped from a
+	// workload, or a key filed under the wrong resource, does not.
+	keys := func() map[string][]string {
+		out := map[string][]string{}
+		for n, a := range want {
+			out[n] = addressKeys(a)
+		}
+		return out
+	}
+	if p := compareLookups(view, want, keys()); len(p) != 0 {
+		t.Fatalf("istiod's own keys against istiod's lookup: %v", p)
+	}
+	k := keys()
+	dropped := k[wl][0]
+	k[wl] = k[wl][1:]
+	if p := compareLookups(view, want, k); len(p) != 1 || !strings.Contains(p[0], dropped) {
+		t.Errorf("dropping key %s of %s gave %v", dropped, wl, p)
+	}
+	k = keys()
+	k[svc] = append(k[svc], keys()[wl][0])
+	if p := compareLookups(view, want, k); len(p) != 1 || !strings.Contains(p[0], keys()[wl][0]) {
+		t.Errorf("filing %s's key under %s gave %v", wl, svc, p)
 	}
 }

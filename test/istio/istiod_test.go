@@ -41,9 +41,18 @@ type istiodConfig struct {
 // shared machine; it is a deadline for a stuck index, not a delay.
 const syncTimeout = 2 * time.Minute
 
-// istiodAddresses runs Istio's own ambient index (pilot/pkg/serviceregistry/
-// ambient) on Istio's fake kube client, loaded with objs, and returns every
-// Address it would serve over WDS keyed by resource name. It mirrors how
+// istiodView is what the differential test reads from istiod: every Address
+// it would serve over WDS keyed by resource name, and its on-demand lookup
+// (the key ztunnel sends, to the names of the addresses istiod answers with,
+// in istiod's order).
+type istiodView struct {
+	Addresses map[string]*workloadapi.Address
+	Lookup    func(key string) []string
+}
+
+// runIstiod runs Istio's own ambient index (pilot/pkg/serviceregistry/
+// ambient) on Istio's fake kube client, loaded with objs, and returns its
+// view once synced. It mirrors how
 // Istio's ambientindex_test.go builds its test server: a multicluster
 // controller over the fake client, istiod's default mesh config and feature
 // flags, and the CRDs the index watches.
@@ -51,7 +60,7 @@ const syncTimeout = 2 * time.Minute
 // The objects are created through the typed clientsets before the informers
 // start, so the index's first full load sees all of them; pods get their
 // status through UpdateStatus on the created object, as the kubelet would.
-func istiodAddresses(t *testing.T, cfg istiodConfig, objs []runtime.Object) map[string]*workloadapi.Address {
+func runIstiod(t *testing.T, cfg istiodConfig, objs []runtime.Object) istiodView {
 	t.Helper()
 	cl := kube.NewFakeClient()
 	t.Cleanup(cl.Shutdown)
@@ -129,7 +138,14 @@ func istiodAddresses(t *testing.T, cfg istiodConfig, objs []runtime.Object) map[
 		}
 		out[name] = a
 	}
-	return out
+	lookup := func(key string) []string {
+		var names []string
+		for _, info := range idx.Lookup(key) {
+			names = append(names, info.ResourceName())
+		}
+		return names
+	}
+	return istiodView{Addresses: out, Lookup: lookup}
 }
 
 // createObject creates o through the fake client's typed clientset.
