@@ -11,9 +11,23 @@
 //     pkg/workloadapi and pkg/workloadapi/security do, field for field, in both
 //     directions, and their descriptors agree on every number, kind,
 //     cardinality and type name;
-//   - mapping identity (ambient_diff_test.go): for the same Kubernetes
-//     manifests, peerd's internal/ambient produces the same Address resources
-//     as istiod's ambient index running on Istio's fake kube client.
+//   - mapping identity (ambient_diff_test.go, istiod_test.go): for the same
+//     Kubernetes manifests (examples/cluster1 and every directory under
+//     testdata/), peerd's internal/ambient produces the same Address
+//     resources as istiod's ambient index running on Istio's fake kube
+//     client, and files them under the same on-demand keys that istiod's
+//     Lookup answers. The only tolerated difference is the load_balancing of
+//     Services whose traffic distribution is a value only peerd knows
+//     (PreferNetwork, PreferRegion); each one is logged with its reason.
+//
+// Run: make test-istio, or from this directory
+// GOLANG_PROTOBUF_REGISTRATION_CONFLICT=warn go test -count=1 ./...
+// With PEERD_DIFF_DUMP=DIR set, the differential test also writes both
+// sides' addresses as JSON under DIR/<case>/ for reading a difference.
+//
+// Every checker the tests rely on has a self-test that feeds it the kind of
+// difference it exists to catch (a renumbered field, an unknown field, a
+// changed Address field, a missing resource, a misfiled key).
 //
 // Both generated packages register the same protobuf full names, so the tests
 // must run with GOLANG_PROTOBUF_REGISTRATION_CONFLICT=warn (the Makefile's
