@@ -25,6 +25,7 @@ func newServeCommand() *cobra.Command {
 			logConfig := zap.NewProductionConfig()
 			logConfig.Level = zap.NewAtomicLevelAt(level)
 			logConfig.Sampling = nil
+			logConfig.DisableStacktrace = true
 			log, err := logConfig.Build()
 			if err != nil {
 				return err
