@@ -3,6 +3,7 @@ package kubeharness
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,3 +127,15 @@ func podReady(p *corev1.Pod) bool {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestBinariesNamesTheMissingFile(t *testing.T) {
+	dir := t.TempDir()
+	t.Setenv(EnvTools, dir)
+	if got := ToolsDir(); got != dir {
+		t.Fatalf("ToolsDir() = %q with %s=%q", got, EnvTools, dir)
+	}
+	_, _, err := Binaries()
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "etcd")) {
+		t.Fatalf("Binaries() in an empty dir = %v, want an error naming %s", err, filepath.Join(dir, "etcd"))
+	}
+}
