@@ -42,6 +42,9 @@ type KubeSource struct {
 	// discoveryBackoff bounds the retries of the Gateway CRD check while the
 	// API server is unreachable: first and maximum delay.
 	discoveryBackoff, discoveryBackoffMax time.Duration
+	// gatewayRecheck is how often discovery is asked again when the Gateway
+	// CRD was missing at start (it is often installed after peerd).
+	gatewayRecheck time.Duration
 }
 
 // NewKubeSource builds the clients for cfg and registers the source with
@@ -75,6 +78,7 @@ func newKubeSource(kube kubernetes.Interface, gw gatewayclient.Interface, disco 
 		log:                 log.With(zap.String("source", KubeSourceName)),
 		discoveryBackoff:    100 * time.Millisecond,
 		discoveryBackoffMax: 10 * time.Second,
+		gatewayRecheck:      30 * time.Second,
 	}
 }
 
@@ -98,13 +102,13 @@ func (s *KubeSource) Run(ctx context.Context) error {
 		factory.Core().V1().Services().Informer(),
 		factory.Discovery().V1().EndpointSlices().Informer(),
 	}
-	var gwFactory gatewayinformers.SharedInformerFactory
+	gwFactory := gatewayinformers.NewSharedInformerFactoryWithOptions(s.gateway, 0, gatewayinformers.WithTransform(stripForIndex))
 	if gatewaysServed {
-		gwFactory = gatewayinformers.NewSharedInformerFactoryWithOptions(s.gateway, 0, gatewayinformers.WithTransform(stripForIndex))
 		informersToRun = append(informersToRun, gwFactory.Gateway().V1().Gateways().Informer())
 	} else {
-		s.log.Warn("the Gateway API CRD is not installed (discovery does not list " + gatewayGroupVersion + " " + gatewayResource +
-			"): Gateways are not watched, so east-west and remote gateways are unknown; install the CRD and restart peerd")
+		s.log.Warn("the Gateway API CRD is not installed (discovery does not list "+gatewayGroupVersion+" "+gatewayResource+
+			"): Gateways are not watched until it is; east-west and remote gateways are unknown until then",
+			zap.Duration("recheck_every", s.gatewayRecheck))
 	}
 
 	// Sync is judged on the handler registrations, not the informers: an
@@ -120,43 +124,66 @@ func (s *KubeSource) Run(ctx context.Context) error {
 	}
 
 	factory.Start(ctx.Done())
-	if gwFactory != nil {
-		gwFactory.Start(ctx.Done())
-	}
-	defer func() {
-		// Shutdown waits for the informer goroutines, so none outlives Run.
-		factory.Shutdown()
-		if gwFactory != nil {
-			gwFactory.Shutdown()
-		}
-	}()
+	gwFactory.Start(ctx.Done())
+	// Shutdown waits for the informer goroutines, so none outlives Run. The
+	// late-CRD check runs on Run's own goroutine and ends with ctx, so no
+	// informer can start after Shutdown.
+	defer gwFactory.Shutdown()
+	defer factory.Shutdown()
 
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("kubernetes source: initial sync: %w", context.Cause(ctx))
 	}
 	s.idx.MarkSynced(KubeSourceName)
 	s.log.Info("initial sync done", zap.Bool("gateways", gatewaysServed))
+	if !gatewaysServed {
+		s.watchLateGatewayCRD(ctx, gwFactory)
+	}
 	<-ctx.Done()
 	return nil
 }
 
-// gatewayCRDInstalled asks discovery whether gateways are served. A 404 means
-// not installed; any other error (API server not reachable yet) is retried
-// with backoff until ctx ends, since informers could not start either.
+// watchLateGatewayCRD asks discovery every gatewayRecheck until the Gateway
+// CRD is served, then starts the Gateway informer. Its Gateways reach the
+// Index as ordinary adds: the source is already synced, and a late CRD
+// cannot hold back readiness. It returns when the informer is started or
+// ctx ends.
+func (s *KubeSource) watchLateGatewayCRD(ctx context.Context, gwFactory gatewayinformers.SharedInformerFactory) {
+	ticker := time.NewTicker(s.gatewayRecheck)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ticker.C:
+		}
+		served, err := s.gatewaysServed()
+		if err != nil {
+			s.log.Debug("discovery of "+gatewayGroupVersion+" failed", zap.Error(err))
+			continue
+		}
+		if !served {
+			continue
+		}
+		if _, err := gwFactory.Gateway().V1().Gateways().Informer().AddEventHandler(s.handler()); err != nil {
+			s.log.Error("cannot watch gateways", zap.Error(err))
+			return
+		}
+		gwFactory.Start(ctx.Done())
+		s.log.Info("the Gateway API CRD is installed now: watching gateways")
+		return
+	}
+}
+
+// gatewayCRDInstalled asks discovery whether gateways are served. Errors
+// other than "not found" (API server not reachable yet) are retried with
+// backoff until ctx ends, since the informers could not start either.
 func (s *KubeSource) gatewayCRDInstalled(ctx context.Context) (bool, error) {
 	delay := s.discoveryBackoff
 	for {
-		list, err := s.discovery.ServerResourcesForGroupVersion(gatewayGroupVersion)
-		switch {
-		case err == nil:
-			for _, r := range list.APIResources {
-				if r.Name == gatewayResource {
-					return true, nil
-				}
-			}
-			return false, nil
-		case apierrors.IsNotFound(err):
-			return false, nil
+		served, err := s.gatewaysServed()
+		if err == nil {
+			return served, nil
 		}
 		s.log.Warn("discovery of "+gatewayGroupVersion+" failed; retrying", zap.Error(err), zap.Duration("retry_in", delay))
 		timer := time.NewTimer(delay)
@@ -168,6 +195,24 @@ func (s *KubeSource) gatewayCRDInstalled(ctx context.Context) (bool, error) {
 		}
 		delay = min(2*delay, s.discoveryBackoffMax)
 	}
+}
+
+// gatewaysServed asks discovery once. A 404 for the group version means the
+// CRD is not installed.
+func (s *KubeSource) gatewaysServed() (bool, error) {
+	list, err := s.discovery.ServerResourcesForGroupVersion(gatewayGroupVersion)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, r := range list.APIResources {
+		if r.Name == gatewayResource {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // handler feeds informer events into the Index.

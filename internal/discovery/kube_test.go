@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
@@ -80,6 +82,7 @@ func newFakeCluster(t *testing.T, gatewayCRD bool, kubeObjs []runtime.Object, gw
 	disco := fc.kube.Discovery().(*fakediscovery.FakeDiscovery)
 	fc.src = newKubeSource(fc.kube, fc.gateway, disco, fc.idx, zap.New(core))
 	fc.src.discoveryBackoff, fc.src.discoveryBackoffMax = time.Millisecond, time.Millisecond
+	fc.src.gatewayRecheck = time.Millisecond
 	return fc
 }
 
@@ -264,6 +267,29 @@ func TestKubeSourceWithoutGatewayCRD(t *testing.T) {
 	}
 	if n := fc.logs.FilterMessageSnippet("Gateway API CRD is not installed").Len(); n != 1 {
 		t.Errorf("%d warnings about the missing Gateway CRD, want 1", n)
+	}
+}
+
+func TestKubeSourceGatewayCRDInstalledLater(t *testing.T) {
+	kube, gw := allKinds()
+	fc := newFakeCluster(t, true, kube, gw)
+	// Discovery answers 404 for the group until the CRD is "installed".
+	var installed atomic.Bool
+	fc.kube.PrependReactor("get", "resource", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if !installed.Load() {
+			return true, nil, apierrors.NewNotFound(schema.GroupResource{Group: gatewayv1.GroupName}, "v1")
+		}
+		return false, nil, nil
+	})
+	fc.run(t)
+	fc.waitSynced(t)
+	if n := len(fc.idx.Snapshot().Gateways); n != 0 {
+		t.Fatalf("%d gateways before the CRD is installed", n)
+	}
+	installed.Store(true)
+	waitFor(t, fc.idx, "gateway istio-system/eastwest after the CRD appeared", func(o Objects) bool { return len(o.Gateways) == 1 })
+	if !fc.idx.Synced() {
+		t.Error("index not synced")
 	}
 }
 
