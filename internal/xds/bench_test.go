@@ -29,7 +29,8 @@ import (
 	"github.com/peerd-mesh/peerd/test/ztunnel"
 )
 
-// benchWorkload is a realistic pod Workload (about 350 bytes encoded).
+// benchWorkload is a realistic pod Workload (about 350 bytes encoded): a
+// Deployment's pod behind a ClusterIP and a headless Service.
 func benchWorkload(i int, capacity uint32) *workloadpb.Address {
 	ns := fmt.Sprintf("team-%03d", i%200)
 	app := fmt.Sprintf("app-%d", i/10)
@@ -52,6 +53,9 @@ func benchWorkload(i int, capacity uint32) *workloadpb.Address {
 		Services: map[string]*workloadpb.PortList{
 			ns + "/" + app + "." + ns + ".svc.cluster.local": {Ports: []*workloadpb.Port{
 				{ServicePort: 80, TargetPort: 8080}, {ServicePort: 9090, TargetPort: 9090},
+			}},
+			ns + "/" + app + "-headless." + ns + ".svc.cluster.local": {Ports: []*workloadpb.Port{
+				{ServicePort: 8080, TargetPort: 8080},
 			}},
 		},
 		Locality: &workloadpb.Locality{Region: "eu-west-1", Zone: fmt.Sprintf("eu-west-1%c", 'a'+i%3)},

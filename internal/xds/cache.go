@@ -292,10 +292,13 @@ func (c *Cache) unindexAliasesLocked(e *entry) {
 }
 
 // maybeCompactLocked keeps the log within a constant factor of the number of
-// entries: it rewrites it with one record per name and drops tombstones that
-// every watcher has already moved past. Amortised O(1) per logged change.
+// entries (it rewrites it with one record per name) and the tombstones
+// within tombstoneCapLocked: those every watcher has moved past are dropped,
+// and if a watcher that does not read still pins too many, the oldest go
+// too. Amortised O(1) per logged change.
 func (c *Cache) maybeCompactLocked() {
-	if len(c.log) <= 2*len(c.entries)+1024 {
+	tombstones := len(c.entries) - c.live
+	if len(c.log) <= 2*len(c.entries)+1024 && tombstones <= c.tombstoneCapLocked() {
 		return
 	}
 	minCursor := c.revision
@@ -311,6 +314,8 @@ func (c *Cache) maybeCompactLocked() {
 // (a multiple of the live resources, plus a constant); past it, the oldest
 // are dropped and those watchers fall back to a full resynchronisation.
 const maxTombstonesFactor = 4
+
+func (c *Cache) tombstoneCapLocked() int { return maxTombstonesFactor*c.live + 1024 }
 
 func (c *Cache) compactLocked(minCursor uint64) {
 	log := make([]change, 0, len(c.entries))
@@ -333,8 +338,8 @@ func (c *Cache) compactLocked(minCursor uint64) {
 	})
 	// A watcher that never reads would pin every tombstone forever: cap
 	// them, and move the floor so that such a watcher resynchronises fully.
-	if limit := maxTombstonesFactor*c.live + 1024; tombstones > limit {
-		drop := tombstones - limit
+	if limit := c.tombstoneCapLocked(); tombstones > limit {
+		drop := tombstones - limit/2 // hysteresis: not again on the next change
 		kept := log[:0]
 		for _, ch := range log {
 			e := c.entries[ch.name]

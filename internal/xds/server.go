@@ -352,6 +352,16 @@ func (st *stream) respond(ts *typeState, r request) error {
 		}
 		out = append(out, &discovery.Resource{Name: e.name, Version: e.version, Resource: e.body})
 	}
+	// ensureSent starts deduplicating, remembering what out already holds.
+	ensureSent := func() {
+		if sent != nil {
+			return
+		}
+		sent = make(map[string]struct{}, len(out))
+		for _, r := range out {
+			sent[r.Name] = struct{}{}
+		}
+	}
 
 	c.mu.RLock()
 	head := c.revision
@@ -376,7 +386,8 @@ func (st *stream) respond(ts *typeState, r request) error {
 	case r.initial, ts.cursor == head:
 		// Nothing held yet beyond r.versions, or nothing new.
 	default:
-		sent = map[string]struct{}{}
+		// The log yields each name once: no dedupe needed unless demanded
+		// names are added below.
 		ok := c.changesSinceLocked(ts.cursor, func(e *entry) {
 			if e.removed {
 				if !ts.wildcard && !ts.interestedByName(e.name) {
@@ -433,9 +444,7 @@ func (st *stream) respond(ts *typeState, r request) error {
 			if v := r.versions[key]; v != "" && v == e.version {
 				continue
 			}
-			if sent == nil {
-				sent = map[string]struct{}{}
-			}
+			ensureSent()
 			add(e)
 			continue
 		}
@@ -445,9 +454,7 @@ func (st *stream) respond(ts *typeState, r request) error {
 		for _, name := range c.aliases[key] {
 			ts.resolved[name] = struct{}{}
 			if !r.fullSync {
-				if sent == nil {
-					sent = map[string]struct{}{}
-				}
+				ensureSent()
 				add(c.entries[name])
 			}
 		}
