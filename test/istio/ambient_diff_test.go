@@ -32,6 +32,19 @@ const (
 	diffSystemNS     = "istio-system"
 )
 
+var defaultDiffConfig = istiodConfig{ClusterID: diffClusterID, DomainSuffix: diffDomainSuffix, SystemNamespace: diffSystemNS}
+
+// caseConfigs holds the cases that describe another cluster than the
+// default one: every value that peerd takes as a flag, changed at once.
+var caseConfigs = map[string]istiodConfig{
+	"testdata/custom-cluster": {
+		ClusterID:       "east-1",
+		DomainSuffix:    "corp.example",
+		SystemNamespace: "mesh-system",
+		TrustDomain:     "east.example",
+	},
+}
+
 // diffCases are the manifest sets fed to both sides: the project's own
 // realistic set, and the extra edge cases kept under testdata/.
 func diffCases(t *testing.T) map[string][]string {
@@ -72,6 +85,11 @@ func diffCases(t *testing.T) map[string][]string {
 // defaults match the API server's is discovery's own test, not this one.
 func TestAmbientMatchesIstiod(t *testing.T) {
 	cases := diffCases(t)
+	for name := range caseConfigs {
+		if _, ok := cases[name]; !ok {
+			t.Errorf("caseConfigs names %s, which has no manifests", name)
+		}
+	}
 	names := make([]string, 0, len(cases))
 	for name := range cases {
 		names = append(names, name)
@@ -81,18 +99,18 @@ func TestAmbientMatchesIstiod(t *testing.T) {
 		files := cases[name]
 		t.Run(name, func(t *testing.T) {
 			objs := decodeFiles(t, files)
-			istiod := runIstiod(t, istiodConfig{
-				ClusterID:       diffClusterID,
-				DomainSuffix:    diffDomainSuffix,
-				SystemNamespace: diffSystemNS,
-			}, objs)
+			cfg, ok := caseConfigs[name]
+			if !ok {
+				cfg = defaultDiffConfig
+			}
+			istiod := runIstiod(t, cfg, objs)
 			want := istiod.Addresses
-			got, keys := peerdAddresses(t, objs)
+			got, keys := peerdAddresses(t, cfg, objs)
 			if len(want) == 0 {
 				t.Fatal("istiod produced no addresses at all: the harness, not the mapping, is broken")
 			}
 			dumpAddresses(t, name, map[string]map[string]*workloadapi.Address{"istiod": want, "peerd": got})
-			problems, notes := compareAddresses(want, got, peerdOnlyTrafficDistribution(objs))
+			problems, notes := compareAddresses(want, got, peerdOnlyTrafficDistribution(cfg, objs))
 			for _, n := range notes {
 				t.Log(n)
 			}
@@ -126,7 +144,7 @@ func decodeFiles(t *testing.T, files []string) []runtime.Object {
 // peerdAddresses runs peerd's mapping and carries each Address into Istio's
 // generated type through its wire bytes, which is what ztunnel would decode.
 // keys maps each resource name to its ambient.LookupKeys.
-func peerdAddresses(t *testing.T, objs []runtime.Object) (addrs map[string]*workloadapi.Address, keys map[string][]string) {
+func peerdAddresses(t *testing.T, cfg istiodConfig, objs []runtime.Object) (addrs map[string]*workloadapi.Address, keys map[string][]string) {
 	t.Helper()
 	var in discovery.Objects
 	for _, o := range objs {
@@ -148,9 +166,10 @@ func peerdAddresses(t *testing.T, objs []runtime.Object) (addrs map[string]*work
 		}
 	}
 	out := ambient.Build(ambient.Config{
-		ClusterID:       diffClusterID,
-		DomainSuffix:    diffDomainSuffix,
-		SystemNamespace: diffSystemNS,
+		ClusterID:       cfg.ClusterID,
+		DomainSuffix:    cfg.DomainSuffix,
+		SystemNamespace: cfg.SystemNamespace,
+		TrustDomain:     cfg.TrustDomain,
 	}, ambient.Inputs(in))
 	for _, w := range out.Warnings {
 		t.Logf("peerd warning: %s", w)
@@ -271,7 +290,7 @@ func addressKeys(a *workloadapi.Address) []string {
 // higher-precedence setting (internalTrafficPolicy: Local,
 // spec.trafficDistribution) decides instead. The precedence below follows
 // istiod's model.GetTrafficDistribution.
-func peerdOnlyTrafficDistribution(objs []runtime.Object) map[string]string {
+func peerdOnlyTrafficDistribution(cfg istiodConfig, objs []runtime.Object) map[string]string {
 	nsAnnotations := map[string]map[string]string{}
 	for _, o := range objs {
 		if ns, ok := o.(*corev1.Namespace); ok {
@@ -300,7 +319,7 @@ func peerdOnlyTrafficDistribution(objs []runtime.Object) map[string]string {
 		if !ok {
 			continue
 		}
-		name := svc.Namespace + "/" + svc.Name + "." + svc.Namespace + ".svc." + diffDomainSuffix
+		name := svc.Namespace + "/" + svc.Name + "." + svc.Namespace + ".svc." + cfg.DomainSuffix
 		switch {
 		case svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal:
 		case svc.Spec.TrafficDistribution != nil && known(*svc.Spec.TrafficDistribution):
@@ -414,9 +433,9 @@ func describe(a *workloadapi.Address) string {
 func TestCompareAddressesCatchesDifferences(t *testing.T) {
 	files := diffCases(t)["examples/cluster1"]
 	objs := decodeFiles(t, files)
-	view := runIstiod(t, istiodConfig{ClusterID: diffClusterID, DomainSuffix: diffDomainSuffix, SystemNamespace: diffSystemNS}, objs)
+	view := runIstiod(t, defaultDiffConfig, objs)
 	want := view.Addresses
-	ignored := peerdOnlyTrafficDistribution(objs)
+	ignored := peerdOnlyTrafficDistribution(defaultDiffConfig, objs)
 	clone := func() map[string]*workloadapi.Address {
 		out := map[string]*workloadapi.Address{}
 		for n, a := range want {

@@ -20,6 +20,7 @@ import (
 	"istio.io/istio/pilot/pkg/serviceregistry/util/xdsfake"
 	"istio.io/istio/pkg/activenotifier"
 	"istio.io/istio/pkg/cluster"
+	"istio.io/istio/pkg/config/mesh"
 	"istio.io/istio/pkg/config/mesh/meshwatcher"
 	"istio.io/istio/pkg/config/schema/gvr"
 	"istio.io/istio/pkg/kube"
@@ -30,11 +31,12 @@ import (
 )
 
 // istiodConfig is what the differential test tells istiod; the same values
-// go into peerd's ambient.Config.
+// go into peerd's ambient.Config. TrustDomain goes into istiod's mesh config.
 type istiodConfig struct {
 	ClusterID       string
 	DomainSuffix    string
 	SystemNamespace string
+	TrustDomain     string
 }
 
 // syncTimeout bounds the wait for istiod's collections on this small,
@@ -82,13 +84,17 @@ func runIstiod(t *testing.T, cfg istiodConfig, objs []runtime.Object) istiodView
 
 	stop := make(chan struct{})
 	t.Cleanup(func() { close(stop) })
-	mesh := meshwatcher.NewTestWatcher(nil)
+	meshConfig := mesh.DefaultMeshConfig()
+	if cfg.TrustDomain != "" {
+		meshConfig.TrustDomain = cfg.TrustDomain
+	}
+	meshWatcher := meshwatcher.NewTestWatcher(meshConfig)
 	debugger := new(krt.DebugHandler)
 	mc := multicluster.NewController(multicluster.ControllerOptions{
 		Client:          cl,
 		ClusterID:       cluster.ID(cfg.ClusterID),
 		SystemNamespace: cfg.SystemNamespace,
-		MeshConfig:      mesh,
+		MeshConfig:      meshWatcher,
 		// Remote clusters come from secrets; the test creates none, so a
 		// builder that is never called must still exist.
 		ClientBuilder: func([]byte, cluster.ID, ...func(*rest.Config)) (kube.Client, error) {
@@ -103,7 +109,7 @@ func runIstiod(t *testing.T, cfg istiodConfig, objs []runtime.Object) istiodView
 		XDSUpdater:             xdsfake.NewFakeXDS(),
 		StatusNotifier:         activenotifier.New(false),
 		Debugger:               debugger,
-		MeshConfig:             mesh,
+		MeshConfig:             meshWatcher,
 		MultiClusterController: mc,
 	})
 	if err := mc.Run(stop); err != nil {
