@@ -143,7 +143,10 @@ func dialBench(b *testing.B, addr string, n int) []*grpc.ClientConn {
 	conns := make([]*grpc.ClientConn, n)
 	for i := range conns {
 		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(ztunnel.MaxRecvMsgSize)))
+			// Wait for the connection instead of failing fast: on a loaded
+			// machine a first connect can fail transiently, and then all
+			// its streams would fail with it.
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(ztunnel.MaxRecvMsgSize), grpc.WaitForReady(true)))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -155,12 +158,24 @@ func dialBench(b *testing.B, addr string, n int) []*grpc.ClientConn {
 // fanoutClients are N wildcard delta streams that ACK every response, as
 // ztunnel does, without decoding the resources (they count them).
 type fanoutClients struct {
-	want    string        // resource name that signals "the change arrived"
-	pending atomic.Int64  // streams still to receive the current change
-	done    chan struct{} // receives once pending reaches zero
-	synced  sync.WaitGroup
-	wg      sync.WaitGroup
-	errs    atomic.Int64
+	want     string        // resource name that signals "the change arrived"
+	pending  atomic.Int64  // streams still to receive the current change
+	done     chan struct{} // receives once pending reaches zero
+	synced   sync.WaitGroup
+	wg       sync.WaitGroup
+	errs     atomic.Int64
+	errMu    sync.Mutex
+	firstErr error
+}
+
+func (f *fanoutClients) fail(err error) {
+	f.errs.Add(1)
+	f.errMu.Lock()
+	if f.firstErr == nil {
+		f.firstErr = err
+	}
+	f.errMu.Unlock()
+	f.synced.Done()
 }
 
 func startFanout(b *testing.B, ctx context.Context, conns []*grpc.ClientConn, streams int, want string) *fanoutClients {
@@ -173,13 +188,11 @@ func startFanout(b *testing.B, ctx context.Context, conns []*grpc.ClientConn, st
 			defer f.wg.Done()
 			s, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
 			if err != nil {
-				f.errs.Add(1)
-				f.synced.Done()
+				f.fail(err)
 				return
 			}
 			if err := s.Send(&discovery.DeltaDiscoveryRequest{TypeUrl: AddressTypeURL}); err != nil {
-				f.errs.Add(1)
-				f.synced.Done()
+				f.fail(err)
 				return
 			}
 			first := true
@@ -187,8 +200,7 @@ func startFanout(b *testing.B, ctx context.Context, conns []*grpc.ClientConn, st
 				resp, err := s.Recv()
 				if err != nil {
 					if first {
-						f.errs.Add(1)
-						f.synced.Done()
+						f.fail(err)
 					}
 					return
 				}
@@ -244,7 +256,7 @@ func BenchmarkFanout(b *testing.B) {
 				defer cancel()
 				f.synced.Wait()
 				if n := f.errs.Load(); n > 0 {
-					b.Fatalf("%d streams failed to sync", n)
+					b.Fatalf("%d streams failed to sync; first error: %v", n, f.firstErr)
 				}
 				capacity := uint32(1)
 				var total time.Duration
