@@ -237,12 +237,16 @@ func (c *Cluster) applyService(ctx context.Context, svc *corev1.Service) error {
 	forCreate(&svc.ObjectMeta)
 	api := c.Kube.CoreV1().Services(svc.Namespace)
 	status := svc.Status
-	got, err := api.Create(ctx, svc, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		if got, err = api.Get(ctx, svc.Name, metav1.GetOptions{}); err == nil {
-			svc.ResourceVersion = got.ResourceVersion
-			got, err = api.Update(ctx, svc, metav1.UpdateOptions{})
-		}
+	// Look first: creating an existing Service whose manifest names its
+	// clusterIP fails on the IP allocation ("already allocated"), before
+	// the API server would say AlreadyExists.
+	got, err := api.Get(ctx, svc.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		got, err = api.Create(ctx, svc, metav1.CreateOptions{})
+	case err == nil:
+		svc.ResourceVersion = got.ResourceVersion
+		got, err = api.Update(ctx, svc, metav1.UpdateOptions{})
 	}
 	if err == nil && len(status.LoadBalancer.Ingress) > 0 {
 		got.Status = status

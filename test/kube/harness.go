@@ -141,6 +141,9 @@ func Start(t testing.TB, opts Options) *Cluster {
 		// make applying a manifest set take seconds for no reason.
 		QPS:   200,
 		Burst: 400,
+		// Deprecation warnings about what the manifests say (for example
+		// trafficDistribution PreferClose) are the point of some examples.
+		WarningHandler: rest.NoWarnings{},
 	}
 	if c.Kube, err = kubernetes.NewForConfig(c.Config); err != nil {
 		t.Fatalf("kubernetes client: %v", err)
