@@ -219,3 +219,25 @@ func nextResponse(ctx context.Context, c *ztunnel.Client, seen int) <-chan struc
 	}()
 	return ch
 }
+
+// TestKubernetesSourceWithoutGatewayCRD: a cluster without the Gateway API
+// CRDs must not hold peerd's readiness back; peerd says what is missing.
+func TestKubernetesSourceWithoutGatewayCRD(t *testing.T) {
+	kube := kubeharness.Start(t, kubeharness.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	dir := repoPath("examples", "cluster1")
+	if err := kube.ApplyDir(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	// startPeerd waits for /readyz, which needs the Kubernetes source synced.
+	p := startPeerd(t, peerdOptions{Args: []string{"--cluster-name", cluster, "--kubeconfig", kube.Kubeconfig}})
+	c := connectZtunnel(t, ztunnel.Config{Target: p.PlaintextAddr, ClusterID: cluster, Network: "network1"})
+	want := expectedAddresses(t, dir)
+	waitState(t, c, "the example mesh", func(s *ztunnel.State) bool {
+		return len(s.Workloads)+len(s.Services) == len(want)+1 // + the API server's own Service
+	})
+	if !strings.Contains(p.Logs(), "Gateway API CRD is not installed") {
+		t.Errorf("no warning about the missing Gateway API CRD in the log:\n%s", p.Logs())
+	}
+}
