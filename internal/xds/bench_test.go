@@ -11,6 +11,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -260,6 +262,8 @@ func BenchmarkFanout(b *testing.B) {
 				}
 				capacity := uint32(1)
 				var total time.Duration
+				stopProfile := profileFanout(b)
+				defer stopProfile()
 				for b.Loop() {
 					capacity++
 					f.pending.Store(int64(streams))
@@ -327,5 +331,25 @@ func BenchmarkInitialSync(b *testing.B) {
 			b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms/sync")
 			b.ReportMetric(float64(size)/100, "bytes/address")
 		})
+	}
+}
+
+// profileFanout writes a CPU profile of the measured loop alone (not the
+// setup) to $PEERD_BENCH_CPUPROFILE when it is set.
+func profileFanout(b *testing.B) func() {
+	path := os.Getenv("PEERD_BENCH_CPUPROFILE")
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
