@@ -55,6 +55,12 @@ type Config struct {
 	// OnDemand makes the Address type on-demand (XDS_ON_DEMAND=true).
 	OnDemand bool
 
+	// Reject, when set, is asked about every decoded Address after the
+	// ztunnel validation passed; an error NACKs that resource as ztunnel
+	// NACKs an invalid one. peerd never sends resources a real ztunnel
+	// rejects, so tests use this to stand in for one.
+	Reject func(name string, a *workloadpb.Address) error
+
 	// InitialBackoff and MaxBackoff bound the reconnect delay, doubled after
 	// each failed attempt (defaults 10ms and 15s).
 	InitialBackoff time.Duration
@@ -349,6 +355,11 @@ func (c *Client) updateLocked(typeURL string, r *discovery.Resource) error {
 		}
 		if err := ValidateAddress(&a); err != nil {
 			return err
+		}
+		if c.cfg.Reject != nil {
+			if err := c.cfg.Reject(r.GetName(), &a); err != nil {
+				return err
+			}
 		}
 		switch t := a.GetType().(type) {
 		case *workloadpb.Address_Workload:

@@ -2,6 +2,7 @@ package ztunnel_test
 
 import (
 	"context"
+	"errors"
 	"net"
 	"slices"
 	"strings"
@@ -389,5 +390,23 @@ func TestLookupNeedsOnDemand(t *testing.T) {
 	c := ztunnel.New(ztunnel.Config{Target: "passthrough:///unused"})
 	if _, err := c.Lookup(context.Background(), "/10.0.0.1"); err == nil {
 		t.Fatal("Lookup on a wildcard client succeeded")
+	}
+}
+
+func TestRejectHookNACKsLikeAValidationFailure(t *testing.T) {
+	h, addrs := peerdServer(t)
+	addrs.Replace([]xds.Resource{wl("keep"), wl("refuse")})
+	c := h.start(ztunnel.Config{Reject: func(name string, _ *workloadpb.Address) error {
+		if name == "refuse" {
+			return errors.New("refused by the test")
+		}
+		return nil
+	}})
+	wait(t, c, "NACK", func(s *ztunnel.State) bool { return s.NACKs == 1 })
+	if got := c.Stats().LastNACK; got != "refuse: refused by the test" {
+		t.Errorf("NACK message = %q", got)
+	}
+	if _, ok := c.Workloads()["keep"]; !ok || len(c.Workloads()) != 1 {
+		t.Errorf("held workloads = %v, want only keep", c.Workloads())
 	}
 }
