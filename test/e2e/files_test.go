@@ -256,17 +256,10 @@ func writeFile(t *testing.T, path, content string) {
 
 func waitReadyzContains(t *testing.T, p *peerdProcess, text string) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for {
+	waitFor(t, "/readyz mentioning "+text, func() bool {
 		_, body := p.get("/readyz")
-		if strings.Contains(body, text) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/readyz never mentioned %q:\n%s", text, body)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return strings.Contains(body, text)
+	})
 }
 
 func vips(s *workloadpb.Service) []string {

@@ -12,16 +12,23 @@ import (
 // bound, not a performance assertion: the expected latency is milliseconds.
 const waitTimeout = 20 * time.Second
 
-// connectZtunnel runs a ztunnel-like client against addr until the test
-// ends and waits until it is ready (one response per type ACKed).
+// connectZtunnel runs a ztunnel-like client until the test ends and waits
+// until it is ready (one response per type ACKed).
 func connectZtunnel(t *testing.T, cfg ztunnel.Config) *ztunnel.Client {
+	t.Helper()
+	c := runZtunnel(t, cfg)
+	waitState(t, c, "client ready", func(s *ztunnel.State) bool { return s.Ready })
+	return c
+}
+
+// runZtunnel runs a ztunnel-like client until the test ends.
+func runZtunnel(t *testing.T, cfg ztunnel.Config) *ztunnel.Client {
 	t.Helper()
 	c := ztunnel.New(cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = c.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	waitState(t, c, "client ready", func(s *ztunnel.State) bool { return s.Ready })
 	return c
 }
 
@@ -34,5 +41,18 @@ func waitState(t *testing.T, c *ztunnel.Client, what string, pred func(*ztunnel.
 		s := c.Stats()
 		t.Fatalf("waiting for %s: %v (connected=%v ready=%v streams=%d responses=%d nacks=%d last nack %q)",
 			what, err, s.Connected, s.Ready, s.Streams, s.Responses, s.NACKs, s.LastNACK)
+	}
+}
+
+// waitFor polls cond (for state outside the client: logs, HTTP endpoints)
+// until it holds, failing after waitTimeout.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
