@@ -240,4 +240,22 @@ func TestKubernetesSourceWithoutGatewayCRD(t *testing.T) {
 	if !strings.Contains(p.Logs(), "Gateway API CRD is not installed") {
 		t.Errorf("no warning about the missing Gateway API CRD in the log:\n%s", p.Logs())
 	}
+
+	// The example's unknown traffic-distribution value is reported where
+	// `kubectl describe service` shows it: a Warning Event on the Service.
+	svc, err := kube.Kube.CoreV1().Services("traffic").Get(ctx, "annotation-unknown", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a Warning Event on service traffic/annotation-unknown", func() bool {
+		events, err := kube.Kube.CoreV1().Events("traffic").List(ctx, metav1.ListOptions{
+			FieldSelector: "involvedObject.name=annotation-unknown,involvedObject.uid=" + string(svc.UID) + ",reason=PeerdInvalidConfig",
+		})
+		if err != nil || len(events.Items) == 0 {
+			return false
+		}
+		e := events.Items[0]
+		return e.Type == "Warning" && strings.Contains(e.Message, "Closest") &&
+			strings.Contains(e.Message, "networking.istio.io/traffic-distribution")
+	})
 }
