@@ -106,17 +106,7 @@ func (e *env) client(cfg ztunnel.Config) *ztunnel.Client {
 	cfg.DialOptions = append(cfg.DialOptions, e.dialOption())
 	cfg.InitialBackoff = time.Millisecond
 	cfg.MaxBackoff = 20 * time.Millisecond
-	c := ztunnel.New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := c.Run(ctx); err != nil {
-			e.t.Errorf("client Run: %v", err)
-		}
-	}()
-	e.t.Cleanup(func() { cancel(); <-done })
-	return c
+	return ztunnel.Start(e.t, cfg)
 }
 
 func (e *env) wait(c *ztunnel.Client, what string, pred func(*ztunnel.State) bool) {

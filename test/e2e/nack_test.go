@@ -21,7 +21,7 @@ func TestNACKIsLoggedCountedAndNotResentUntilChanged(t *testing.T) {
 	const victim = "cluster1//Pod/legacy/web-1"
 	var rejecting atomic.Bool
 	rejecting.Store(true)
-	c := runZtunnel(t, ztunnel.Config{Target: p.PlaintextAddr, ClusterID: cluster, Reject: func(name string, _ *workloadpb.Address) error {
+	c := ztunnel.Start(t, ztunnel.Config{Target: p.PlaintextAddr, ClusterID: cluster, Reject: func(name string, _ *workloadpb.Address) error {
 		if name == victim && rejecting.Load() {
 			return errors.New("rejected by the test")
 		}

@@ -16,19 +16,8 @@ const waitTimeout = 20 * time.Second
 // until it is ready (one response per type ACKed).
 func connectZtunnel(t *testing.T, cfg ztunnel.Config) *ztunnel.Client {
 	t.Helper()
-	c := runZtunnel(t, cfg)
+	c := ztunnel.Start(t, cfg)
 	waitState(t, c, "client ready", func(s *ztunnel.State) bool { return s.Ready })
-	return c
-}
-
-// runZtunnel runs a ztunnel-like client until the test ends.
-func runZtunnel(t *testing.T, cfg ztunnel.Config) *ztunnel.Client {
-	t.Helper()
-	c := ztunnel.New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
 	return c
 }
 

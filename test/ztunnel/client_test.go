@@ -124,17 +124,7 @@ func (h *harness) start(cfg ztunnel.Config) *ztunnel.Client {
 		cfg.InitialBackoff = time.Millisecond
 		cfg.MaxBackoff = 10 * time.Millisecond
 	}
-	c := ztunnel.New(cfg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := c.Run(ctx); err != nil {
-			h.t.Errorf("Run: %v", err)
-		}
-	}()
-	h.t.Cleanup(func() { cancel(); <-done })
-	return c
+	return ztunnel.Start(h.t, cfg)
 }
 
 func wait(t *testing.T, c *ztunnel.Client, what string, pred func(*ztunnel.State) bool) {
