@@ -279,3 +279,14 @@ func keys[V any](m map[string]V) []string {
 	sort.Strings(out)
 	return out
 }
+
+func TestMaxConnectionAgeMakesClientsReconnect(t *testing.T) {
+	p := startPeerd(t, peerdOptions{Args: []string{"--cluster-name", cluster, "--config-dir", repoPath("examples", "cluster1"), "--max-connection-age", "1s"}})
+	c := connectZtunnel(t, ztunnel.Config{Target: p.PlaintextAddr, ClusterID: cluster})
+	workloads := len(c.Workloads())
+	// The server closes the connection after about a second plus the grace
+	// period; the client reconnects on its own and is in sync again.
+	waitState(t, c, "a second stream after the connection aged out", func(s *ztunnel.State) bool {
+		return s.Streams >= 2 && s.Ready && len(s.Workloads) == workloads
+	})
+}
