@@ -26,8 +26,9 @@ test: build
 test-istio:
 	cd test/istio && GOLANG_PROTOBUF_REGISTRATION_CONFLICT=warn $(GO) test -count=1 ./...
 
+# Figures and how to read them: docs/benchmarks.md.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 5x ./internal/xds/...
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/xds/ ./internal/ambient/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi
