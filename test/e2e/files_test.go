@@ -233,8 +233,8 @@ func TestReadyzAndMetricsSayThereIsNoPolicySource(t *testing.T) {
 	if !strings.Contains(body, "authorization") {
 		t.Errorf("/readyz does not mention the missing authorization source:\n%s", body)
 	}
-	if v := p.metricValue(t, "peerd_authorization_source_missing"); v != 1 {
-		t.Errorf("peerd_authorization_source_missing = %v, want 1", v)
+	if v, ok := p.metric(t, "peerd_authorization_source_missing"); !ok || v != 1 {
+		t.Errorf("peerd_authorization_source_missing = %v (present: %v), want 1", v, ok)
 	}
 	if !strings.Contains(p.Logs(), "no authorization policy source") {
 		t.Errorf("no start-up warning about the missing authorization source")

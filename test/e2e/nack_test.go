@@ -36,9 +36,7 @@ func TestNACKIsLoggedCountedAndNotResentUntilChanged(t *testing.T) {
 	if c.Workloads()[victim] != nil {
 		t.Fatalf("the client holds the resource it rejected")
 	}
-	if v := p.metricValue(t, "peerd_xds_nacks_total", "Address"); v != 1 {
-		t.Errorf("peerd_xds_nacks_total{Address} = %v, want 1", v)
-	}
+	p.waitMetric(t, 1, "peerd_xds_nacks_total", "Address")
 	waitLogContains(t, p, "NACK", victim)
 
 	// A change elsewhere is pushed without resending the rejected,

@@ -221,9 +221,9 @@ func copyDir(t *testing.T, src string) string {
 	return dst
 }
 
-// metricValue returns the sum of a metric's samples whose line contains
-// every given label fragment, from /metrics.
-func (p *peerdProcess) metricValue(t *testing.T, name string, labelFragments ...string) float64 {
+// metric returns the sum of a metric's samples whose line contains every
+// given label fragment, from /metrics, and whether any sample matched.
+func (p *peerdProcess) metric(t *testing.T, name string, labelFragments ...string) (float64, bool) {
 	t.Helper()
 	_, body := p.get("/metrics")
 	var total float64
@@ -245,10 +245,18 @@ lines:
 		total += v
 		found = true
 	}
-	if !found {
-		t.Fatalf("metric %s%v not in /metrics:\n%s", name, labelFragments, body)
-	}
-	return total
+	return total, found
+}
+
+// waitMetric waits until the metric's value is want. The server updates
+// its metrics after the client's message arrives, so a value the client
+// caused is awaited, never read once.
+func (p *peerdProcess) waitMetric(t *testing.T, want float64, name string, labelFragments ...string) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("metric %s%v = %v", name, labelFragments, want), func() bool {
+		v, ok := p.metric(t, name, labelFragments...)
+		return ok && v == want
+	})
 }
 
 func withTimeout(t *testing.T, d time.Duration) context.Context {
