@@ -228,6 +228,19 @@ func startFanout(b *testing.B, ctx context.Context, conns []*grpc.ClientConn, st
 	return f
 }
 
+// serveBackend starts the named server ("peerd" or "go-control-plane")
+// holding rs.
+func serveBackend(ctx context.Context, b *testing.B, name string, rs []Resource) (benchBackend, *benchServer) {
+	var be benchBackend
+	if name == "peerd" {
+		be = newPeerdBackend()
+	} else {
+		be = newGCPBackend(ctx)
+	}
+	be.set(rs)
+	return be, serveBench(b, be)
+}
+
 func BenchmarkFanout(b *testing.B) {
 	const held = 1000
 	for _, streams := range []int{1000, 10000} {
@@ -237,15 +250,8 @@ func BenchmarkFanout(b *testing.B) {
 			b.Run(fmt.Sprintf("streams=%d/%s", streams, name), func(b *testing.B) {
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
-				var be benchBackend
-				if name == "peerd" {
-					be = newPeerdBackend()
-				} else {
-					be = newGCPBackend(ctx)
-				}
 				rs := benchResources(held)
-				be.set(rs)
-				srv := serveBench(b, be)
+				be, srv := serveBackend(ctx, b, name, rs)
 				defer srv.g.Stop()
 				conns := dialBench(b, srv.addr, max(1, streams/200))
 				defer func() {
@@ -293,14 +299,7 @@ func BenchmarkInitialSync(b *testing.B) {
 		b.Run(fmt.Sprintf("addresses=%d/%s", held, name), func(b *testing.B) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
-			var be benchBackend
-			if name == "peerd" {
-				be = newPeerdBackend()
-			} else {
-				be = newGCPBackend(ctx)
-			}
-			be.set(rs)
-			srv := serveBench(b, be)
+			_, srv := serveBackend(ctx, b, name, rs)
 			defer srv.g.Stop()
 			conns := dialBench(b, srv.addr, 1)
 			defer conns[0].Close()
