@@ -90,36 +90,12 @@ type Output struct {
 }
 
 // Build maps the inputs to the Address resources istiod's ambient index would
-// serve for them, plus warnings about what it had to ignore.
+// serve for them, plus warnings about what it had to ignore. It is a Model
+// fed every input at once.
 func Build(cfg Config, in Inputs) Output {
-	cfg = cfg.withDefaults()
-	var w warnings
-	idx := newIndex(cfg, in, &w)
-
-	var out []*workloadpb.Address
-	for _, info := range idx.services {
-		out = append(out, &workloadpb.Address{Type: &workloadpb.Address_Service{Service: info.svc}})
-	}
-	for _, pod := range in.Pods {
-		if wl := podWorkload(podInput{cfg: cfg, idx: idx, pod: pod}, &w); wl != nil {
-			out = append(out, &workloadpb.Address{Type: &workloadpb.Address_Workload{Workload: wl}})
-		}
-	}
-	for _, es := range in.EndpointSlices {
-		for _, wl := range endpointSliceWorkloads(endpointSliceInput{cfg: cfg, idx: idx, slice: es}, &w) {
-			out = append(out, &workloadpb.Address{Type: &workloadpb.Address_Workload{Workload: wl}})
-		}
-	}
-	slices.SortStableFunc(out, func(a, b *workloadpb.Address) int {
-		return cmp.Compare(ResourceName(a), ResourceName(b))
-	})
-	// Names are unique by construction (the uid formats cannot collide and the
-	// inputs hold each object once); a duplicate input object is dropped here
-	// rather than producing two resources under one name.
-	out = slices.CompactFunc(out, func(a, b *workloadpb.Address) bool {
-		return ResourceName(a) == ResourceName(b)
-	})
-	return Output{Addresses: out, Warnings: w.sorted()}
+	m := NewModel(cfg)
+	m.Apply(in.changes())
+	return Output{Addresses: m.Addresses(), Warnings: m.Warnings()}
 }
 
 // ResourceName is the xDS resource name of an address: the workload uid, or

@@ -11,8 +11,10 @@ import (
 
 func runSlice(cfg Config, in Inputs, es *discoveryv1.EndpointSlice) ([]*workloadpb.Workload, []Warning) {
 	var w warnings
-	cfg = cfg.withDefaults()
-	idx := newIndex(cfg, in, &w)
+	m := NewModel(cfg)
+	m.Apply(in.changes())
+	cfg, idx := m.cfg, m.idx
+	w.list = m.Warnings()
 	out := endpointSliceWorkloads(endpointSliceInput{cfg: cfg, idx: idx, slice: es}, &w)
 	return out, w.sorted()
 }

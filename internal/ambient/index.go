@@ -4,6 +4,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/types"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
 )
@@ -11,16 +12,39 @@ import (
 // Label istiod reads for the cluster's network (on the system namespace only).
 const labelTopologyNetwork = "topology.istio.io/network"
 
-// index is the read-only lookup state of one Build, derived from Inputs.
+// objectKey names a namespaced object of one kind inside the index.
+type objectKey struct{ namespace, name string }
+
+// index is the model's lookup state: the input objects by key, the mapped
+// Services that workloads join with, and the secondary indexes that answer
+// "who depends on this object" when it changes (pods by namespace and node,
+// EndpointSlices by Service and by the pods they name). The Model keeps it
+// up to date one object at a time; the per-object mapping functions only
+// read it.
 type index struct {
 	network    string
 	namespaces map[string]*corev1.Namespace
 	nodes      map[string]*corev1.Node
-	// services in input order; byKey by "namespace/hostname".
-	services []*serviceInfo
-	byKey    map[string]*serviceInfo
+	gateways   map[objectKey]*gatewayv1.Gateway
+
+	pods map[objectKey]*corev1.Pod
+	// podsByNamespace and podsByNode hold every pod key, whether or not the
+	// pod maps to a workload.
+	podsByNamespace map[string]map[objectKey]struct{}
+	podsByNode      map[string]map[objectKey]struct{}
+
+	k8sServices map[objectKey]*corev1.Service
+	// services are the mapped Services (ExternalName and invalid ones are
+	// absent), by object key, by namespace and by "namespace/hostname".
+	services            map[objectKey]*serviceInfo
+	servicesByNamespace map[string]map[objectKey]*serviceInfo
+	byKey               map[string]*serviceInfo
+
+	slices map[objectKey]*discoveryv1.EndpointSlice
 	// slicesByPod: EndpointSlices that name a Pod endpoint, by its targetRef.
-	slicesByPod map[podRef][]*discoveryv1.EndpointSlice
+	slicesByPod map[podRef]map[objectKey]struct{}
+	// slicesByService: slices by the Service their service-name label names.
+	slicesByService map[objectKey]map[objectKey]struct{}
 }
 
 // serviceInfo is a mapped Service plus what workloads need to join with it.
@@ -44,47 +68,143 @@ type podRef struct {
 	uid             types.UID
 }
 
-func newIndex(cfg Config, in Inputs, w *warnings) *index {
-	idx := &index{
-		namespaces:  make(map[string]*corev1.Namespace, len(in.Namespaces)),
-		nodes:       make(map[string]*corev1.Node, len(in.Nodes)),
-		byKey:       make(map[string]*serviceInfo, len(in.Services)),
-		slicesByPod: map[podRef][]*discoveryv1.EndpointSlice{},
+func newIndex() *index {
+	return &index{
+		namespaces:          map[string]*corev1.Namespace{},
+		nodes:               map[string]*corev1.Node{},
+		gateways:            map[objectKey]*gatewayv1.Gateway{},
+		pods:                map[objectKey]*corev1.Pod{},
+		podsByNamespace:     map[string]map[objectKey]struct{}{},
+		podsByNode:          map[string]map[objectKey]struct{}{},
+		k8sServices:         map[objectKey]*corev1.Service{},
+		services:            map[objectKey]*serviceInfo{},
+		servicesByNamespace: map[string]map[objectKey]*serviceInfo{},
+		byKey:               map[string]*serviceInfo{},
+		slices:              map[objectKey]*discoveryv1.EndpointSlice{},
+		slicesByPod:         map[podRef]map[objectKey]struct{}{},
+		slicesByService:     map[objectKey]map[objectKey]struct{}{},
 	}
-	for _, ns := range in.Namespaces {
-		idx.namespaces[ns.Name] = ns
-	}
-	for _, n := range in.Nodes {
-		idx.nodes[n.Name] = n
-	}
-	idx.network = localNetwork(cfg, idx.namespaces[cfg.SystemNamespace])
+}
 
-	for _, s := range in.Services {
-		svc := serviceResource(serviceInput{cfg: cfg, network: idx.network, svc: s, namespace: idx.namespaces[s.Namespace]}, w)
-		if svc == nil {
-			continue
-		}
-		info := &serviceInfo{svc: svc, selector: s.Spec.Selector, portNames: make(map[uint32]servicePortName, len(s.Spec.Ports))}
-		for _, p := range s.Spec.Ports {
-			info.portNames[uint32(p.Port)] = servicePortName{portName: p.Name, targetPortName: p.TargetPort.StrVal}
-		}
-		idx.services = append(idx.services, info)
-		idx.byKey[namespacedHostname(svc.Namespace, svc.Hostname)] = info
+// setPod records p (nil: deleted) under key and keeps the pod indexes.
+func (x *index) setPod(key objectKey, p *corev1.Pod) {
+	if old := x.pods[key]; old != nil {
+		removeFromSet(x.podsByNamespace, key.namespace, key)
+		removeFromSet(x.podsByNode, old.Spec.NodeName, key)
+		delete(x.pods, key)
 	}
+	if p == nil {
+		return
+	}
+	x.pods[key] = p
+	addToSet(x.podsByNamespace, key.namespace, key)
+	addToSet(x.podsByNode, p.Spec.NodeName, key)
+}
 
-	for _, es := range in.EndpointSlices {
-		if !serviceEndpointSlice(es) {
-			continue
-		}
-		for _, ep := range es.Endpoints {
-			if ep.TargetRef == nil || ep.TargetRef.Kind != kindPod {
-				continue
+// setService records the mapped Service info (nil: absent) under key.
+func (x *index) setService(key objectKey, info *serviceInfo) {
+	if old := x.services[key]; old != nil {
+		delete(x.byKey, namespacedHostname(old.svc.Namespace, old.svc.Hostname))
+		if m := x.servicesByNamespace[key.namespace]; m != nil {
+			delete(m, key)
+			if len(m) == 0 {
+				delete(x.servicesByNamespace, key.namespace)
 			}
-			ref := podRef{namespace: ep.TargetRef.Namespace, name: ep.TargetRef.Name, uid: ep.TargetRef.UID}
-			idx.slicesByPod[ref] = append(idx.slicesByPod[ref], es)
 		}
+		delete(x.services, key)
 	}
-	return idx
+	if info == nil {
+		return
+	}
+	x.services[key] = info
+	x.byKey[namespacedHostname(info.svc.Namespace, info.svc.Hostname)] = info
+	m := x.servicesByNamespace[key.namespace]
+	if m == nil {
+		m = map[objectKey]*serviceInfo{}
+		x.servicesByNamespace[key.namespace] = m
+	}
+	m[key] = info
+}
+
+// setSlice records es (nil: deleted) under key and keeps the slice indexes.
+func (x *index) setSlice(key objectKey, es *discoveryv1.EndpointSlice) {
+	if old := x.slices[key]; old != nil {
+		for _, ref := range slicePodRefs(old) {
+			removeFromSet(x.slicesByPod, ref, key)
+		}
+		if svc, ok := sliceService(old); ok {
+			removeFromSet(x.slicesByService, svc, key)
+		}
+		delete(x.slices, key)
+	}
+	if es == nil {
+		return
+	}
+	x.slices[key] = es
+	for _, ref := range slicePodRefs(es) {
+		addToSet(x.slicesByPod, ref, key)
+	}
+	if svc, ok := sliceService(es); ok {
+		addToSet(x.slicesByService, svc, key)
+	}
+}
+
+// slicePodRefs are the Pods a slice names as endpoint targets; only slices
+// istiod looks at count.
+func slicePodRefs(es *discoveryv1.EndpointSlice) []podRef {
+	if !serviceEndpointSlice(es) {
+		return nil
+	}
+	var refs []podRef
+	for _, ep := range es.Endpoints {
+		if ep.TargetRef == nil || ep.TargetRef.Kind != kindPod {
+			continue
+		}
+		refs = append(refs, podRef{namespace: ep.TargetRef.Namespace, name: ep.TargetRef.Name, uid: ep.TargetRef.UID})
+	}
+	return refs
+}
+
+// sliceService is the Service a slice belongs to (its service-name label).
+func sliceService(es *discoveryv1.EndpointSlice) (objectKey, bool) {
+	name, ok := es.Labels[discoveryv1.LabelServiceName]
+	if !ok {
+		return objectKey{}, false
+	}
+	return objectKey{namespace: es.Namespace, name: name}, true
+}
+
+// slicesOfPod are the slices that name the pod with this key and uid.
+func (x *index) slicesOfPod(p *corev1.Pod) []*discoveryv1.EndpointSlice {
+	keys := x.slicesByPod[podRef{namespace: p.Namespace, name: p.Name, uid: p.UID}]
+	if len(keys) == 0 {
+		return nil
+	}
+	out := make([]*discoveryv1.EndpointSlice, 0, len(keys))
+	for k := range keys {
+		out = append(out, x.slices[k])
+	}
+	return out
+}
+
+func addToSet[K comparable, V comparable](m map[K]map[V]struct{}, k K, v V) {
+	s := m[k]
+	if s == nil {
+		s = map[V]struct{}{}
+		m[k] = s
+	}
+	s[v] = struct{}{}
+}
+
+func removeFromSet[K comparable, V comparable](m map[K]map[V]struct{}, k K, v V) {
+	s := m[k]
+	if s == nil {
+		return
+	}
+	delete(s, v)
+	if len(s) == 0 {
+		delete(m, k)
+	}
 }
 
 // localNetwork is the network of every local address: the configured network,

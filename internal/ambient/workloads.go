@@ -226,14 +226,14 @@ func podServices(in podInput) map[string]*workloadpb.PortList {
 	p := in.pod
 	var matched []*serviceInfo
 	selected := map[string]bool{}
-	for _, info := range in.idx.services {
-		if info.svc.Namespace != p.Namespace || !selects(info.selector, p.Labels) {
+	for _, info := range in.idx.servicesByNamespace[p.Namespace] {
+		if !selects(info.selector, p.Labels) {
 			continue
 		}
 		matched = append(matched, info)
 		selected[info.svc.Hostname] = true
 	}
-	for _, es := range in.idx.slicesByPod[podRef{namespace: p.Namespace, name: p.Name, uid: p.UID}] {
+	for _, es := range in.idx.slicesOfPod(p) {
 		hostname := serviceHostname(es.Labels[discoveryv1.LabelServiceName], es.Namespace, in.cfg.DomainSuffix)
 		if selected[hostname] {
 			continue

@@ -12,8 +12,10 @@ import (
 // runPod maps one pod against the other inputs, as Build does.
 func runPod(cfg Config, in Inputs, p *corev1.Pod) (*workloadpb.Workload, []Warning) {
 	var w warnings
-	cfg = cfg.withDefaults()
-	idx := newIndex(cfg, in, &w)
+	m := NewModel(cfg)
+	m.Apply(in.changes())
+	cfg, idx := m.cfg, m.idx
+	w.list = m.Warnings()
 	wl := podWorkload(podInput{cfg: cfg, idx: idx, pod: p}, &w)
 	return wl, w.sorted()
 }
