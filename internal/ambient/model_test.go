@@ -118,8 +118,12 @@ func TestModelDependencies(t *testing.T) {
 			upserts: []string{nameEchoA, nameEchoB, nameEchoSvc},
 		},
 		{
-			name:    "service traffic-distribution annotation -> only the Service",
-			change:  []Change{upsert(func() *corev1.Service { s := echoSvc.DeepCopy(); svcAnnotations(AnnotationTrafficDistribution, "PreferClose")(s); return s }())},
+			name: "service traffic-distribution annotation -> only the Service",
+			change: []Change{upsert(func() *corev1.Service {
+				s := echoSvc.DeepCopy()
+				svcAnnotations(AnnotationTrafficDistribution, "PreferClose")(s)
+				return s
+			}())},
 			upserts: []string{nameEchoSvc},
 		},
 		{
