@@ -110,6 +110,23 @@ func ResourceName(a *workloadpb.Address) string {
 	return ""
 }
 
+// EndpointOf lists the resource names of the services an address is an
+// endpoint of (a workload's services map keys, sorted); nil for a service.
+// An on-demand request for one of those services is answered with the
+// service and all its endpoints, as istiod's lookup answers it.
+func EndpointOf(a *workloadpb.Address) []string {
+	services := a.GetWorkload().GetServices()
+	if len(services) == 0 {
+		return nil
+	}
+	out := make([]string, 0, len(services))
+	for name := range services {
+		out = append(out, name)
+	}
+	slices.Sort(out)
+	return out
+}
+
 // LookupKeys are the on-demand keys, besides ResourceName, under which
 // ztunnel may ask for the address: "network/ip" for every workload address
 // and every service VIP, in address order without duplicates.

@@ -40,6 +40,8 @@ type Delta struct {
 	Upserts []*workloadpb.Address
 	// Deletes are resource names that no longer exist, sorted.
 	Deletes []string
+	// WarningsChanged: Warnings returns something else than before.
+	WarningsChanged bool
 }
 
 // Model is the incremental form of Build: it holds one cluster's input
@@ -112,7 +114,8 @@ type dirty struct {
 	pods     map[objectKey]struct{}
 	slices   map[objectKey]struct{}
 	// names touched, each with whether it was served before this Apply.
-	names map[string]bool
+	names           map[string]bool
+	warningsChanged bool
 }
 
 // Apply folds changes into the model and returns what changed in its
@@ -358,6 +361,9 @@ func (m *Model) recomputeSlice(key objectKey, d *dirty) {
 
 // produce makes addrs the complete output of owner, and ws its warnings.
 func (m *Model) produce(owner ObjectRef, addrs []*workloadpb.Address, ws []Warning, d *dirty) {
+	if !slices.Equal(m.warnings[owner], ws) {
+		d.warningsChanged = true
+	}
 	if len(ws) == 0 {
 		delete(m.warnings, owner)
 	} else {
@@ -443,8 +449,13 @@ func (m *Model) flush(d *dirty) Delta {
 	var delta Delta
 	for _, name := range names {
 		list := m.published[name]
+		if len(list) <= 1 {
+			if _, had := m.duplicates[name]; had {
+				delete(m.duplicates, name)
+				d.warningsChanged = true
+			}
+		}
 		if len(list) == 0 {
-			delete(m.duplicates, name)
 			if d.names[name] {
 				delta.Deletes = append(delta.Deletes, name)
 			}
@@ -452,9 +463,9 @@ func (m *Model) flush(d *dirty) Delta {
 		}
 		delta.Upserts = append(delta.Upserts, list[0].addr)
 		if len(list) == 1 {
-			delete(m.duplicates, name)
 			continue
 		}
+		d.warningsChanged = true
 		ws := make([]Warning, 0, len(list)-1)
 		for _, loser := range list[1:] {
 			ws = append(ws, Warning{Object: loser.owner, Message: fmt.Sprintf(
@@ -462,6 +473,7 @@ func (m *Model) flush(d *dirty) Delta {
 		}
 		m.duplicates[name] = ws
 	}
+	delta.WarningsChanged = d.warningsChanged
 	return delta
 }
 

@@ -13,6 +13,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apimeta "k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
@@ -133,6 +134,9 @@ type Index struct {
 	syncedCh chan struct{}
 	// snap caches the last Snapshot; nil after a change.
 	snap *Objects
+	// pending are the keys whose object in force changed since the last
+	// TakeChanges. Guarded by mu.
+	pending map[Key]struct{}
 }
 
 // NewIndex returns an empty index with no sources registered.
@@ -143,6 +147,7 @@ func NewIndex() *Index {
 		files:    map[origin][]Key{},
 		sources:  map[string]*sourceState{},
 		syncedCh: make(chan struct{}),
+		pending:  map[Key]struct{}{},
 	}
 }
 
@@ -228,13 +233,51 @@ func (x *Index) WaitSynced(ctx context.Context) error {
 
 // Changed returns a capacity-1 channel that receives a value after the
 // objects in force changed. Signals coalesce: one receive may stand for many
-// changes, so a receiver takes a fresh Snapshot after each one. Updates that
-// change nothing do not signal.
+// changes, so a receiver calls TakeChanges (or takes a fresh Snapshot) after
+// each one. Updates that change nothing the index keeps do not signal.
 func (x *Index) Changed() <-chan struct{} { return x.changed }
 
-// notifyLocked marks the snapshot stale and signals without blocking.
-// Must be called under lock.
-func (x *Index) notifyLocked() {
+// Change is one object whose version in force changed: Object is the new
+// version, nil when the object is gone.
+type Change struct {
+	Key    Key
+	Object runtime.Object
+}
+
+// TakeChanges returns every object whose version in force changed since the
+// previous call, once per key with its current version, sorted by key, and
+// forgets them. It is meant for one consumer (the model): a second one
+// would steal the first one's changes.
+func (x *Index) TakeChanges() []Change {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]Change, 0, len(x.pending))
+	for key := range x.pending {
+		ch := Change{Key: key}
+		if cs := x.claims[key]; len(cs) > 0 {
+			ch.Object = cs[0].obj
+		}
+		out = append(out, ch)
+	}
+	clear(x.pending)
+	slices.SortFunc(out, func(a, b Change) int { return compareKeys(a.Key, b.Key) })
+	return out
+}
+
+// Get returns the object in force under key, or nil.
+func (x *Index) Get(key Key) runtime.Object {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if cs := x.claims[key]; len(cs) > 0 {
+		return cs[0].obj
+	}
+	return nil
+}
+
+// notifyLocked records that key's object in force changed, marks the
+// snapshot stale and signals without blocking. Must be called under lock.
+func (x *Index) notifyLocked(key Key) {
+	x.pending[key] = struct{}{}
 	x.snap = nil
 	select {
 	case x.changed <- struct{}{}:
@@ -252,7 +295,7 @@ func (x *Index) Upsert(source string, obj runtime.Object) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.putLocked(key, origin{source: source}, obj) {
-		x.notifyLocked()
+		x.notifyLocked(key)
 	}
 	return nil
 }
@@ -273,7 +316,7 @@ func (x *Index) DeleteKey(source string, key Key) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	if x.dropLocked(key, origin{source: source}) {
-		x.notifyLocked()
+		x.notifyLocked(key)
 	}
 }
 
@@ -300,24 +343,20 @@ func (x *Index) ReplaceFile(source, file string, objs []runtime.Object) error {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	x.registerLocked(source)
-	changed := false
 	for _, old := range x.files[from] {
 		if !seen[old] && x.dropLocked(old, from) {
-			changed = true
+			x.notifyLocked(old)
 		}
 	}
 	for i, obj := range objs {
 		if x.putLocked(keys[i], from, obj) {
-			changed = true
+			x.notifyLocked(keys[i])
 		}
 	}
 	if len(keys) == 0 {
 		delete(x.files, from)
 	} else {
 		x.files[from] = keys
-	}
-	if changed {
-		x.notifyLocked()
 	}
 	return nil
 }
@@ -385,24 +424,60 @@ func (x *Index) dropLocked(key Key, from origin) bool {
 	return false
 }
 
-// sameObject reports whether b changes nothing compared to a: deep-equal
-// content or, when byVersion, the same non-empty resourceVersion and uid
-// (an informer resync or relist). Files never compare by version: a manifest
-// copied from a cluster keeps its resourceVersion while being edited.
+// sameObject reports whether b changes nothing compared to a: the same
+// content apart from bookkeeping (resourceVersion, generation,
+// managedFields) or, when byVersion, the same non-empty resourceVersion and
+// uid (an informer resync or relist). Files never compare by version: a
+// manifest copied from a cluster keeps its resourceVersion while being
+// edited. Sources strip what the model never reads before they hand objects
+// over (Strip), so a status heartbeat compares equal here and causes no
+// recompute at all.
 func sameObject(a, b runtime.Object, byVersion bool) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	if !byVersion {
-		return apiequality.Semantic.DeepEqual(a, b)
+	if byVersion {
+		ma, errA := apimeta.Accessor(a)
+		mb, errB := apimeta.Accessor(b)
+		if errA == nil && errB == nil && ma.GetResourceVersion() != "" &&
+			ma.GetResourceVersion() == mb.GetResourceVersion() && ma.GetUID() == mb.GetUID() {
+			return true
+		}
 	}
-	ma, errA := apimeta.Accessor(a)
-	mb, errB := apimeta.Accessor(b)
-	if errA == nil && errB == nil && ma.GetResourceVersion() != "" &&
-		ma.GetResourceVersion() == mb.GetResourceVersion() && ma.GetUID() == mb.GetUID() {
-		return true
+	return apiequality.Semantic.DeepEqual(withoutBookkeeping(a), withoutBookkeeping(b))
+}
+
+// withoutBookkeeping returns a shallow copy of obj whose metadata lacks the
+// fields the API server changes on every write. The copy shares everything
+// else with obj and must not be modified.
+func withoutBookkeeping(obj runtime.Object) runtime.Object {
+	switch o := obj.(type) {
+	case *corev1.Namespace:
+		return shallowWithoutBookkeeping(o)
+	case *corev1.Node:
+		return shallowWithoutBookkeeping(o)
+	case *corev1.Pod:
+		return shallowWithoutBookkeeping(o)
+	case *corev1.Service:
+		return shallowWithoutBookkeeping(o)
+	case *discoveryv1.EndpointSlice:
+		return shallowWithoutBookkeeping(o)
+	case *gatewayv1.Gateway:
+		return shallowWithoutBookkeeping(o)
 	}
-	return apiequality.Semantic.DeepEqual(a, b)
+	return obj
+}
+
+func shallowWithoutBookkeeping[T any, P interface {
+	*T
+	metav1.Object
+}](o P) P {
+	c := *(*T)(o)
+	p := P(&c)
+	p.SetResourceVersion("")
+	p.SetGeneration(0)
+	p.SetManagedFields(nil)
+	return p
 }
 
 // SetError records (or with err == nil clears) a current problem of source

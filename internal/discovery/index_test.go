@@ -354,3 +354,65 @@ func TestIndexConcurrentUse(t *testing.T) {
 		t.Errorf("pods = %d, want 4", got)
 	}
 }
+
+func TestIndexTakeChangesOncePerKeyWithCurrentObject(t *testing.T) {
+	x := NewIndex()
+	echo := svc("apps", "echo", "10.0.0.1")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(x.Upsert("kube", svc("apps", "echo", "10.0.0.9")))
+	must(x.Upsert("kube", echo))
+	must(x.ReplaceFile("files", "a.yaml", []runtime.Object{pod("apps", "p", "10.1.0.1")}))
+	got := x.TakeChanges()
+	if len(got) != 2 || got[0].Key != (Key{Kind: KindPod, Namespace: "apps", Name: "p"}) ||
+		got[1].Key != (Key{Kind: KindService, Namespace: "apps", Name: "echo"}) || got[1].Object != echo {
+		t.Fatalf("changes = %+v, want the pod, then the service in its latest version", got)
+	}
+	if again := x.TakeChanges(); len(again) != 0 {
+		t.Fatalf("changes taken twice: %+v", again)
+	}
+	x.RemoveFile("files", "a.yaml")
+	got = x.TakeChanges()
+	if len(got) != 1 || got[0].Object != nil || got[0].Key.Kind != KindPod {
+		t.Fatalf("changes after the file went = %+v, want the pod with a nil object", got)
+	}
+}
+
+// A write that changes only what the API server changes on every write
+// (resourceVersion, generation, managedFields) is no change: no signal and
+// nothing for the model.
+func TestIndexBookkeepingOnlyIsNoChange(t *testing.T) {
+	x := NewIndex()
+	a := svc("apps", "echo", "10.0.0.1")
+	a.ResourceVersion, a.UID = "1", "u1"
+	if err := x.Upsert("kube", a); err != nil {
+		t.Fatal(err)
+	}
+	x.TakeChanges()
+	signalled(x)
+	b := a.DeepCopy()
+	b.ResourceVersion, b.Generation = "2", 5
+	b.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
+	if err := x.Upsert("kube", b); err != nil {
+		t.Fatal(err)
+	}
+	if signalled(x) || len(x.TakeChanges()) != 0 {
+		t.Fatalf("a bookkeeping-only write was taken as a change")
+	}
+	if a.ResourceVersion != "1" || b.ResourceVersion != "2" {
+		t.Fatalf("the comparison modified the objects")
+	}
+	c := b.DeepCopy()
+	c.ResourceVersion = "3"
+	c.Labels = map[string]string{"x": "y"}
+	if err := x.Upsert("kube", c); err != nil {
+		t.Fatal(err)
+	}
+	if !signalled(x) || len(x.TakeChanges()) != 1 {
+		t.Fatalf("a label change was not taken as a change")
+	}
+}

@@ -4,7 +4,7 @@ import (
 	"context"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/types"
+	apimeta "k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
@@ -43,10 +43,9 @@ func startWarningEvents(ctx context.Context, cfg *rest.Config) (*warningEvents, 
 }
 
 // record emits one Warning Event for w. The object's UID comes from the
-// snapshot the warning was computed from: `kubectl describe` matches events
-// by UID.
-func (e *warningEvents) record(w ambient.Warning, objs discovery.Objects) {
-	ref := objectReference(w.Object, objs)
+// index: `kubectl describe` matches events by UID.
+func (e *warningEvents) record(w ambient.Warning, index *discovery.Index) {
+	ref := objectReference(w.Object, index)
 	if ref == nil {
 		return
 	}
@@ -57,36 +56,33 @@ func (e *warningEvents) record(w ambient.Warning, objs discovery.Objects) {
 	e.recorder.Event(ref, corev1.EventTypeWarning, eventReason, message)
 }
 
+// eventKinds maps the model's object kinds to the index's kinds and the API
+// group/version Events refer to them by.
+var eventKinds = map[string]struct {
+	kind       discovery.Kind
+	apiVersion string
+}{
+	ambient.KindService:       {discovery.KindService, "v1"},
+	ambient.KindNamespace:     {discovery.KindNamespace, "v1"},
+	ambient.KindPod:           {discovery.KindPod, "v1"},
+	ambient.KindNode:          {discovery.KindNode, "v1"},
+	ambient.KindEndpointSlice: {discovery.KindEndpointSlice, "discovery.k8s.io/v1"},
+	ambient.KindGateway:       {discovery.KindGateway, "gateway.networking.k8s.io/v1"},
+}
+
 // objectReference finds the object a warning names; nil when it is gone.
-func objectReference(r ambient.ObjectRef, objs discovery.Objects) *corev1.ObjectReference {
-	find := func(kind, apiVersion, namespace, name string, uid types.UID) *corev1.ObjectReference {
-		return &corev1.ObjectReference{Kind: kind, APIVersion: apiVersion, Namespace: namespace, Name: name, UID: uid}
+func objectReference(r ambient.ObjectRef, index *discovery.Index) *corev1.ObjectReference {
+	k, ok := eventKinds[r.Kind]
+	if !ok {
+		return nil
 	}
-	switch r.Kind {
-	case "service":
-		for _, o := range objs.Services {
-			if o.Namespace == r.Namespace && o.Name == r.Name {
-				return find("Service", "v1", o.Namespace, o.Name, o.UID)
-			}
-		}
-	case "namespace":
-		for _, o := range objs.Namespaces {
-			if o.Name == r.Name {
-				return find("Namespace", "v1", "", o.Name, o.UID)
-			}
-		}
-	case "pod":
-		for _, o := range objs.Pods {
-			if o.Namespace == r.Namespace && o.Name == r.Name {
-				return find("Pod", "v1", o.Namespace, o.Name, o.UID)
-			}
-		}
-	case "endpointslice":
-		for _, o := range objs.EndpointSlices {
-			if o.Namespace == r.Namespace && o.Name == r.Name {
-				return find("EndpointSlice", "discovery.k8s.io/v1", o.Namespace, o.Name, o.UID)
-			}
-		}
+	obj := index.Get(discovery.Key{Kind: k.kind, Namespace: r.Namespace, Name: r.Name})
+	if obj == nil {
+		return nil
 	}
-	return nil
+	m, err := apimeta.Accessor(obj)
+	if err != nil {
+		return nil
+	}
+	return &corev1.ObjectReference{Kind: string(k.kind), APIVersion: k.apiVersion, Namespace: m.GetNamespace(), Name: m.GetName(), UID: m.GetUID()}
 }

@@ -23,6 +23,8 @@ const authorizationGap = "authorization: no policy source yet; ztunnels receive 
 type status struct {
 	index   *discovery.Index
 	serving atomic.Bool
+	// rejected lists resources that cannot be encoded (nil: none known).
+	rejected func() []error
 }
 
 func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
@@ -53,6 +55,11 @@ func (s *status) readiness() (bool, []string) {
 	}
 	for _, err := range s.index.Errors() {
 		lines = append(lines, "source error (last good objects kept): "+err.Error())
+	}
+	if s.rejected != nil {
+		for _, err := range s.rejected() {
+			lines = append(lines, "resource not served in its latest version (previous version kept): "+err.Error())
+		}
 	}
 	lines = append(lines, authorizationGap)
 	return ready, lines

@@ -64,6 +64,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	addresses := xds.NewCache(xds.AddressTypeURL)
 	authorizations := xds.NewCache(xds.AuthorizationTypeURL)
 	status := newStatus(index, reg)
+	status.rejected = addresses.RejectedErrors
 	log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd until the istiod relay exists")
 
 	sources, events, err := startSources(ctx, opts, index, log)
@@ -95,7 +96,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 		DomainSuffix:    opts.DomainSuffix,
 		SystemNamespace: opts.SystemNamespace,
 	}, index, addresses, events, log, reg)
-	model.recompute()
+	model.update()
 	go model.run(ctx)
 	log.Info("sources synced; first model built", zap.Int("addresses", addresses.Len()))
 

@@ -14,15 +14,19 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
-// Resource is one named resource handed to Cache.Replace.
+// Resource is one named resource handed to Cache.Update or Cache.Replace.
 //
 // Aliases are extra on-demand keys (for addresses: "network/ip") under which
-// a client may ask for the resource. The Message must not be modified after
-// it has been handed to Replace: the cache keeps it for Snapshot.
+// a client may ask for the resource. MemberOf names other resources this one
+// belongs to (a workload: the services it is an endpoint of): a client that
+// asks on demand for one of those also gets their members, and keeps getting
+// them as they change. The Message must not be modified after it has been
+// handed to the cache: the cache keeps it for Snapshot.
 type Resource struct {
-	Name    string
-	Aliases []string
-	Message proto.Message
+	Name     string
+	Aliases  []string
+	MemberOf []string
+	Message  proto.Message
 }
 
 // CachedResource is a read-only view of one resource held by a Cache.
@@ -36,9 +40,10 @@ type CachedResource struct {
 // entry is the cache's record of one name. A removed name stays as a
 // tombstone (removed=true) until no watcher can still need its removal.
 type entry struct {
-	name    string
-	aliases []string
-	version string
+	name     string
+	aliases  []string
+	memberOf []string
+	version  string
 	message proto.Message
 	// body is marshaled once per version and shared, read-only, by every
 	// stream that sends this version.
@@ -84,6 +89,7 @@ type Cache struct {
 	entries  map[string]*entry   // live entries and tombstones
 	live     int                 // number of entries that are not tombstones
 	aliases  map[string][]string // alias -> sorted names of live entries
+	members  map[string][]string // group -> sorted names of live entries that are members
 	log      []change            // ordered by rev, possibly with stale records
 	// floor: changes at revisions <= floor may be missing from log and
 	// entries (tombstones dropped). A stream with cursor < floor cannot be
@@ -93,7 +99,9 @@ type Cache struct {
 	// replacedAt is when the Replace that produced each recent revision
 	// started, for the push latency metric. Only the newest is kept.
 	replacedAt time.Time
-	rejected   []error
+	// rejected holds, per name, why its latest version could not be
+	// encoded; the previous version (if any) stays in force meanwhile.
+	rejected map[string]error
 }
 
 // NewCache returns an empty cache for one type URL.
@@ -102,7 +110,9 @@ func NewCache(typeURL string) *Cache {
 		typeURL:  typeURL,
 		entries:  map[string]*entry{},
 		aliases:  map[string][]string{},
+		members:  map[string][]string{},
 		watchers: map[*watcher]struct{}{},
+		rejected: map[string]error{},
 	}
 }
 
@@ -140,13 +150,14 @@ func (c *Cache) Snapshot() (uint64, []CachedResource) {
 	return c.revision, out
 }
 
-// encoded is a resource marshaled outside the lock during Replace.
+// encoded is a resource marshaled outside the lock.
 type encoded struct {
-	name    string
-	aliases []string
-	version string
-	message proto.Message
-	bytes   []byte
+	name     string
+	aliases  []string
+	memberOf []string
+	version  string
+	message  proto.Message
+	bytes    []byte
 }
 
 var marshalOpts = proto.MarshalOptions{Deterministic: true}
@@ -158,93 +169,85 @@ func versionOf(b []byte) string {
 	return hex.EncodeToString(sum[:8])
 }
 
-// Replace makes resources the cache's full set. Names missing from it are
-// removed; a resource whose encoding and aliases are unchanged keeps its
-// version and is not pushed. Everything that changed is published as one new
-// revision, and every watcher is woken without blocking. When two resources
-// share a name the later one wins. A resource that cannot be marshaled (nil,
-// or a string that is not UTF-8) is rejected: its previous version, if any,
-// stays in force, and the reason is kept for RejectedErrors.
+// Replace makes resources the cache's full set: names missing from it are
+// removed. It is Update with the removals worked out by the cache.
 func (c *Cache) Replace(resources []Resource) {
+	c.update(resources, nil, true)
+}
+
+// Update adds or changes upserts and removes deletes, as one new revision.
+// A resource whose encoding, aliases and memberships are unchanged keeps
+// its version and is not pushed; deleting a name the cache does not hold is
+// a no-op. When two upserts share a name the later one wins, and an upsert
+// beats a delete of the same name. Every watcher is woken without blocking.
+// A resource that cannot be marshaled (nil, or a string that is not UTF-8)
+// is rejected: its previous version, if any, stays in force, and the reason
+// is kept for RejectedErrors until the name is updated successfully or
+// deleted. The marshaling runs outside the cache lock, so streams keep
+// reading while a large batch encodes.
+func (c *Cache) Update(upserts []Resource, deletes []string) {
+	c.update(upserts, deletes, false)
+}
+
+func (c *Cache) update(upserts []Resource, deletes []string, replace bool) {
 	start := time.Now()
 	c.replaceMu.Lock()
 	defer c.replaceMu.Unlock()
 
-	var errs []error
-	var keep []string // rejected names whose previous version stays
-	next := make(map[string]*encoded, len(resources))
-	for _, r := range resources {
+	rejected := map[string]error{}
+	next := make(map[string]*encoded, len(upserts))
+	for _, r := range upserts {
 		if r.Message == nil {
-			errs = append(errs, fmt.Errorf("resource %s: message: nil", r.Name))
-			keep = append(keep, r.Name)
+			rejected[r.Name] = fmt.Errorf("resource %s: message: nil", r.Name)
+			delete(next, r.Name)
 			continue
 		}
 		b, err := marshalOpts.Marshal(r.Message)
 		if err != nil {
-			errs = append(errs, fmt.Errorf("resource %s: marshal: %w", r.Name, err))
-			keep = append(keep, r.Name)
+			rejected[r.Name] = fmt.Errorf("resource %s: marshal: %w", r.Name, err)
+			delete(next, r.Name)
 			continue
 		}
-		aliases := slices.Clone(r.Aliases)
-		slices.Sort(aliases)
-		aliases = slices.Compact(aliases)
-		next[r.Name] = &encoded{name: r.Name, aliases: aliases, version: versionOf(b), message: r.Message, bytes: b}
+		delete(rejected, r.Name)
+		next[r.Name] = &encoded{name: r.Name, aliases: sortedSet(r.Aliases), memberOf: sortedSet(r.MemberOf),
+			version: versionOf(b), message: r.Message, bytes: b}
 	}
 
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.rejected = errs
-	for _, name := range keep {
-		if _, ok := next[name]; ok {
-			continue
+	if replace {
+		// A full set: whatever it lacks goes, except rejected names, whose
+		// previous version stays in force.
+		clear(c.rejected)
+		deletes = deletes[:0]
+		for name, e := range c.entries {
+			if _, ok := next[name]; !ok && !e.removed && rejected[name] == nil {
+				deletes = append(deletes, name)
+			}
 		}
-		if old := c.entries[name]; old != nil && !old.removed {
-			next[name] = &encoded{name: name, aliases: old.aliases, version: old.version, message: old.message}
-		}
+	}
+	for name, err := range rejected {
+		c.rejected[name] = err
 	}
 	rev := c.revision + 1
 	changed := false
 	for name, n := range next {
-		old := c.entries[name]
-		if old != nil && !old.removed && old.version == n.version && slices.Equal(old.aliases, n.aliases) {
-			old.message = n.message
-			continue
+		delete(c.rejected, name)
+		if c.upsertLocked(n, rev) {
+			changed = true
 		}
-		e := &entry{
-			name:      name,
-			aliases:   n.aliases,
-			version:   n.version,
-			message:   n.message,
-			body:      &anypb.Any{TypeUrl: c.typeURL, Value: n.bytes},
-			changedAt: rev,
-			createdAt: rev,
-		}
-		if old != nil {
-			c.unindexAliasesLocked(old)
-			if !old.removed {
-				e.createdAt = old.createdAt
-			}
-		}
-		if old == nil || old.removed {
-			c.live++
-		}
-		c.entries[name] = e
-		c.indexAliasesLocked(e)
-		c.log = append(c.log, change{rev: rev, name: name})
-		changed = true
 	}
-	for name, old := range c.entries {
-		if old.removed {
-			continue
-		}
+	for _, name := range deletes {
 		if _, ok := next[name]; ok {
 			continue
 		}
-		c.unindexAliasesLocked(old)
-		c.entries[name] = &entry{name: name, version: old.version, changedAt: rev, createdAt: old.createdAt, removed: true}
-		c.live--
-		c.log = append(c.log, change{rev: rev, name: name})
-		changed = true
+		if _, ok := rejected[name]; ok {
+			continue
+		}
+		delete(c.rejected, name)
+		if c.deleteLocked(name, rev) {
+			changed = true
+		}
 	}
 	if changed {
 		c.revision = rev
@@ -259,35 +262,118 @@ func (c *Cache) Replace(resources []Resource) {
 	}
 }
 
-// RejectedErrors returns why resources of the last Replace were rejected, one
-// error per resource, naming it; nil when everything was accepted.
+func sortedSet(list []string) []string {
+	if len(list) == 0 {
+		return nil
+	}
+	out := slices.Clone(list)
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// upsertLocked installs n at rev unless the live entry already has the same
+// version, aliases and memberships; it reports whether anything changed.
+// Must be called under the write lock.
+func (c *Cache) upsertLocked(n *encoded, rev uint64) bool {
+	old := c.entries[n.name]
+	if old != nil && !old.removed && old.version == n.version && slices.Equal(old.aliases, n.aliases) && slices.Equal(old.memberOf, n.memberOf) {
+		old.message = n.message
+		return false
+	}
+	e := &entry{
+		name:      n.name,
+		aliases:   n.aliases,
+		memberOf:  n.memberOf,
+		version:   n.version,
+		message:   n.message,
+		body:      &anypb.Any{TypeUrl: c.typeURL, Value: n.bytes},
+		changedAt: rev,
+		createdAt: rev,
+	}
+	if old != nil {
+		c.unindexLocked(old)
+		if !old.removed {
+			e.createdAt = old.createdAt
+		}
+	}
+	if old == nil || old.removed {
+		c.live++
+	}
+	c.entries[n.name] = e
+	c.indexLocked(e)
+	c.log = append(c.log, change{rev: rev, name: n.name})
+	return true
+}
+
+// deleteLocked turns the live entry name into a tombstone at rev; it
+// reports whether there was one. Must be called under the write lock.
+func (c *Cache) deleteLocked(name string, rev uint64) bool {
+	old := c.entries[name]
+	if old == nil || old.removed {
+		return false
+	}
+	c.unindexLocked(old)
+	c.entries[name] = &entry{name: name, version: old.version, changedAt: rev, createdAt: old.createdAt, removed: true}
+	c.live--
+	c.log = append(c.log, change{rev: rev, name: name})
+	return true
+}
+
+// RejectedErrors returns why resources could not be encoded, one error per
+// resource, naming it, sorted by name; nil when everything was accepted.
 func (c *Cache) RejectedErrors() []error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return slices.Clone(c.rejected)
+	if len(c.rejected) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(c.rejected))
+	for name := range c.rejected {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	out := make([]error, 0, len(names))
+	for _, name := range names {
+		out = append(out, c.rejected[name])
+	}
+	return out
 }
 
-func (c *Cache) indexAliasesLocked(e *entry) {
+func (c *Cache) indexLocked(e *entry) {
 	for _, a := range e.aliases {
-		names := c.aliases[a]
-		i, found := slices.BinarySearch(names, e.name)
-		if !found {
-			c.aliases[a] = slices.Insert(names, i, e.name)
-		}
+		c.aliases[a] = insertSorted(c.aliases[a], e.name)
+	}
+	for _, g := range e.memberOf {
+		c.members[g] = insertSorted(c.members[g], e.name)
 	}
 }
 
-func (c *Cache) unindexAliasesLocked(e *entry) {
+func (c *Cache) unindexLocked(e *entry) {
 	for _, a := range e.aliases {
-		names := c.aliases[a]
-		if i, found := slices.BinarySearch(names, e.name); found {
-			names = slices.Delete(names, i, i+1)
-		}
-		if len(names) == 0 {
-			delete(c.aliases, a)
-		} else {
-			c.aliases[a] = names
-		}
+		removeSorted(c.aliases, a, e.name)
+	}
+	for _, g := range e.memberOf {
+		removeSorted(c.members, g, e.name)
+	}
+}
+
+func insertSorted(names []string, name string) []string {
+	i, found := slices.BinarySearch(names, name)
+	if found {
+		return names
+	}
+	return slices.Insert(names, i, name)
+}
+
+func removeSorted(m map[string][]string, key, name string) {
+	names := m[key]
+	if i, found := slices.BinarySearch(names, name); found {
+		names = slices.Delete(names, i, i+1)
+	}
+	if len(names) == 0 {
+		delete(m, key)
+	} else {
+		m[key] = names
 	}
 }
 

@@ -138,3 +138,75 @@ func TestChangeLogCompactsAndBoundsTombstones(t *testing.T) {
 		t.Errorf("a cursor at 0 is still served incrementally after tombstones were dropped")
 	}
 }
+
+func TestUpdateUpsertsAndDeletesOnlyWhatItNames(t *testing.T) {
+	c := NewCache(AddressTypeURL)
+	c.Update([]Resource{workload("a", "10.0.0.1"), workload("b", "10.0.0.2")}, nil)
+	rev := c.Revision()
+	c.Update([]Resource{workload("c", "10.0.0.3")}, []string{"a", "never-there"})
+	if got, _ := changes(t, c, rev); !slices.Equal(got, []string{"-a", "c"}) {
+		t.Fatalf("changes after Update = %v, want -a and c only", got)
+	}
+	_, held := c.Snapshot()
+	var names []string
+	for _, r := range held {
+		names = append(names, r.Name)
+	}
+	if !slices.Equal(names, []string{"b", "c"}) {
+		t.Fatalf("held %v, want b and c", names)
+	}
+	rev = c.Revision()
+	c.Update([]Resource{workload("b", "10.0.0.2")}, []string{"nothing"})
+	if c.Revision() != rev {
+		t.Errorf("an unchanged upsert and a delete of an unknown name made a new revision")
+	}
+	// An upsert beats a delete of the same name in one Update.
+	c.Update([]Resource{workload("b", "10.0.0.9")}, []string{"b"})
+	if _, held := c.Snapshot(); len(held) != 2 {
+		t.Errorf("upsert and delete of b in one Update left %d resources, want b kept", len(held))
+	}
+}
+
+func TestMembersFollowMemberships(t *testing.T) {
+	c := NewCache(AddressTypeURL)
+	member := func(name string, groups ...string) Resource {
+		r := workload(name, "10.0.0.1")
+		r.MemberOf = groups
+		return r
+	}
+	c.Update([]Resource{member("a", "svc1"), member("b", "svc1", "svc2")}, nil)
+	members := func(g string) []string {
+		c.mu.RLock()
+		defer c.mu.RUnlock()
+		return slices.Clone(c.members[g])
+	}
+	if got := members("svc1"); !slices.Equal(got, []string{"a", "b"}) {
+		t.Fatalf("svc1 members = %v", got)
+	}
+	c.Update([]Resource{member("a", "svc2")}, []string{"b"})
+	if got := members("svc1"); len(got) != 0 {
+		t.Errorf("svc1 members after a moved and b went = %v, want none", got)
+	}
+	if got := members("svc2"); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("svc2 members = %v, want a", got)
+	}
+	rev := c.Revision()
+	c.Update([]Resource{member("a")}, nil)
+	if c.Revision() == rev {
+		t.Errorf("a membership change alone is not a change")
+	}
+}
+
+func TestRejectedStaysUntilFixedOrDeleted(t *testing.T) {
+	c := NewCache(AddressTypeURL)
+	bad := workload("w", "10.0.0.1", func(w *workloadpb.Workload) { w.Node = "bad\xff" })
+	c.Update([]Resource{bad}, nil)
+	c.Update([]Resource{workload("other", "10.0.0.2")}, nil)
+	if errs := c.RejectedErrors(); len(errs) != 1 || !strings.HasPrefix(errs[0].Error(), "resource w: ") {
+		t.Fatalf("rejected after an unrelated update = %v, want w's error kept", errs)
+	}
+	c.Update(nil, []string{"w"})
+	if errs := c.RejectedErrors(); errs != nil {
+		t.Errorf("rejected after w was deleted = %v", errs)
+	}
+}

@@ -195,10 +195,15 @@ func workload(uid, ip string, opts ...func(*workloadpb.Workload)) Resource {
 	for _, o := range opts {
 		o(w)
 	}
+	var memberOf []string
+	for svc := range w.Services {
+		memberOf = append(memberOf, svc)
+	}
 	return Resource{
-		Name:    uid,
-		Aliases: []string{"/" + ip},
-		Message: &workloadpb.Address{Type: &workloadpb.Address_Workload{Workload: w}},
+		Name:     uid,
+		Aliases:  []string{"/" + ip},
+		MemberOf: memberOf,
+		Message:  &workloadpb.Address{Type: &workloadpb.Address_Workload{Workload: w}},
 	}
 }
 

@@ -129,8 +129,13 @@ type typeState struct {
 	// names are explicitly subscribed keys: resource names or alias keys.
 	names map[string]struct{}
 	// resolved are resource names the client received because it asked
-	// for one of their aliases; they keep getting updates and removals.
+	// for one of their aliases, or because they are members of a resource
+	// it asked for; they keep getting updates and removals.
 	resolved map[string]struct{}
+	// followed are resource names asked for on demand whose members the
+	// client also gets (a service's endpoints, as istiod's lookup answers),
+	// including members that join later.
+	followed map[string]struct{}
 	// cursor is the cache revision this stream has caught up with.
 	cursor uint64
 }
@@ -225,7 +230,7 @@ func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) error {
 		if c == nil {
 			return st.answerUnknown(req)
 		}
-		ts = &typeState{cache: c, names: map[string]struct{}{}, resolved: map[string]struct{}{}}
+		ts = &typeState{cache: c, names: map[string]struct{}{}, resolved: map[string]struct{}{}, followed: map[string]struct{}{}}
 		ts.w = c.addWatcher(st.wake)
 		st.types[typeURL] = ts
 		initial = true
@@ -254,6 +259,7 @@ func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) error {
 		}
 		delete(ts.names, name)
 		delete(ts.resolved, name)
+		delete(ts.followed, name)
 		if i := indexOf(r.demanded, name); i >= 0 {
 			r.demanded = append(r.demanded[:i], r.demanded[i+1:]...)
 		}
@@ -411,6 +417,13 @@ func (st *stream) respond(ts *typeState, r request) error {
 					return
 				}
 			}
+			for _, g := range e.memberOf {
+				if _, ok := ts.followed[g]; ok {
+					ts.resolved[e.name] = struct{}{}
+					add(e)
+					return
+				}
+			}
 		})
 		if !ok {
 			if ts.wildcard {
@@ -436,16 +449,28 @@ func (st *stream) respond(ts *typeState, r request) error {
 		}
 		incr = len(out) > 0 || len(removed) > 0
 	}
+	// follow makes the stream follow name's members (a service's
+	// workloads): they are sent now and whenever they change, as istiod's
+	// lookup answers a service with its workloads.
+	follow := func(name string) {
+		ts.followed[name] = struct{}{}
+		for _, member := range c.members[name] {
+			ts.resolved[member] = struct{}{}
+			if !r.fullSync {
+				ensureSent()
+				add(c.entries[member])
+			}
+		}
+	}
 	for _, key := range r.demanded {
 		if e := c.liveLocked(key); e != nil {
-			if r.fullSync {
-				continue // already in out, or skipped for a matching version
+			// With fullSync it is already in out, or skipped for a
+			// matching version.
+			if v := r.versions[key]; !r.fullSync && (v == "" || v != e.version) {
+				ensureSent()
+				add(e)
 			}
-			if v := r.versions[key]; v != "" && v == e.version {
-				continue
-			}
-			ensureSent()
-			add(e)
+			follow(key)
 			continue
 		}
 		// Not a resource name: an alias key (on-demand "network/ip") or
@@ -457,6 +482,7 @@ func (st *stream) respond(ts *typeState, r request) error {
 				ensureSent()
 				add(c.entries[name])
 			}
+			follow(name)
 		}
 		removed = append(removed, key)
 	}

@@ -195,7 +195,10 @@ func TestInitialResourceVersions(t *testing.T) {
 func TestOnDemandLookup(t *testing.T) {
 	e := newEnv(t)
 	a := workload("c//Pod/default/a", "10.0.0.5")
-	other := workload("c//Pod/default/other", "10.0.0.6")
+	notEcho := func(w *workloadpb.Workload) {
+		w.Services = map[string]*workloadpb.PortList{"default/other.default.svc.cluster.local": {}}
+	}
+	other := workload("c//Pod/default/other", "10.0.0.6", notEcho)
 	svc := service("default", "echo.default.svc.cluster.local", "10.96.0.1")
 	e.addrs.Replace([]Resource{a, other, svc})
 
@@ -230,10 +233,7 @@ func TestOnDemandLookup(t *testing.T) {
 	if _, ok := c.Workloads()["c//Pod/default/a"]; !ok {
 		t.Errorf("workload a not held after its lookup")
 	}
-	// Lookups by service name and by an unknown IP also complete.
-	if got, err := c.Lookup(ctx, "default/echo.default.svc.cluster.local"); err != nil || len(got) != 1 {
-		t.Errorf("lookup by service name = %v, %v", got, err)
-	}
+	// A lookup by an unknown IP also completes.
 	if got, err := c.Lookup(ctx, "/10.9.9.9"); err != nil || len(got) != 0 {
 		t.Errorf("lookup of an unknown IP = %v, %v; want no resources", got, err)
 	}
@@ -241,7 +241,7 @@ func TestOnDemandLookup(t *testing.T) {
 	// The looked-up workload keeps receiving updates, then its removal;
 	// the workload nobody asked for is never sent.
 	a2 := workload("c//Pod/default/a", "10.0.0.5", func(w *workloadpb.Workload) { w.Node = "node-9" })
-	other2 := workload("c//Pod/default/other", "10.0.0.6", func(w *workloadpb.Workload) { w.Node = "node-9" })
+	other2 := workload("c//Pod/default/other", "10.0.0.6", notEcho, func(w *workloadpb.Workload) { w.Node = "node-9" })
 	e.addrs.Replace([]Resource{a2, other2, svc})
 	e.wait(c, "update of a looked-up workload", func(s *ztunnel.State) bool {
 		return s.Workloads["c//Pod/default/a"].GetNode() == "node-9"
@@ -426,5 +426,48 @@ func TestMetricsRegistered(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(e.srv.metrics.streams); n != 1 {
 		t.Errorf("connected streams = %v, want 1", n)
+	}
+}
+
+// An on-demand request for a Service (by VIP or by namespace/hostname) is
+// answered as istiod's lookup answers it: the Service and every workload
+// that lists it; workloads that join it later follow, others never come.
+func TestOnDemandServiceAnsweredWithItsEndpoints(t *testing.T) {
+	for _, key := range []string{"/10.96.0.1", "default/echo.default.svc.cluster.local"} {
+		t.Run(key, func(t *testing.T) {
+			e := newEnv(t)
+			svc := service("default", "echo.default.svc.cluster.local", "10.96.0.1")
+			a := workload("c//Pod/default/a", "10.0.0.5")
+			b := workload("c//Pod/default/b", "10.0.0.6")
+			stranger := workload("c//Pod/default/stranger", "10.0.0.7", func(w *workloadpb.Workload) { w.Services = nil })
+			e.addrs.Replace([]Resource{svc, a, b, stranger})
+
+			c := e.client(ztunnel.Config{OnDemand: true})
+			e.wait(c, "ready", func(s *ztunnel.State) bool { return s.Ready })
+			ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+			defer cancel()
+			got, err := c.Lookup(ctx, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"c//Pod/default/a", "c//Pod/default/b", "default/echo.default.svc.cluster.local"}
+			if !cmp.Equal(sorted(got), want) {
+				t.Fatalf("lookup %s answered %v, want the service and its endpoints %v", key, sorted(got), want)
+			}
+			joined := workload("c//Pod/default/joined", "10.0.0.8")
+			e.addrs.Replace([]Resource{svc, a, b, stranger, joined})
+			e.wait(c, "an endpoint that joined later", func(s *ztunnel.State) bool {
+				_, ok := s.Workloads["c//Pod/default/joined"]
+				return ok
+			})
+			e.addrs.Replace([]Resource{svc, b, stranger, joined})
+			e.wait(c, "removal of a departed endpoint", func(s *ztunnel.State) bool {
+				_, ok := s.Workloads["c//Pod/default/a"]
+				return !ok
+			})
+			if _, ok := c.Workloads()["c//Pod/default/stranger"]; ok {
+				t.Errorf("on-demand client received a workload of no service it asked for")
+			}
+		})
 	}
 }
