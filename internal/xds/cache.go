@@ -44,7 +44,7 @@ type entry struct {
 	aliases  []string
 	memberOf []string
 	version  string
-	message proto.Message
+	message  proto.Message
 	// body is marshaled once per version and shared, read-only, by every
 	// stream that sends this version.
 	body *anypb.Any
