@@ -145,6 +145,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 // came up after them.
 func newGRPCServer(opts Options, creds credentials.TransportCredentials) *grpc.Server {
 	serverOpts := []grpc.ServerOption{
+		xds.ServerCodec(),
 		grpc.MaxRecvMsgSize(16 << 20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 	}

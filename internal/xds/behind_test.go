@@ -23,7 +23,7 @@ func TestWildcardStreamBehindTheLogResynchronises(t *testing.T) {
 	var hold atomic.Bool
 	release := make(chan struct{})
 	blocked := make(chan struct{}, 1)
-	e.srv.onSend = func(resp *discovery.DeltaDiscoveryResponse) {
+	e.srv.onSend = func(resp *discovery.DeltaDiscoveryResponse, _ []byte) {
 		if resp.GetTypeUrl() == AddressTypeURL && hold.CompareAndSwap(true, false) {
 			blocked <- struct{}{}
 			<-release

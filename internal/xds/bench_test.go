@@ -135,7 +135,7 @@ func serveBench(b *testing.B, be benchBackend) *benchServer {
 	if err != nil {
 		b.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(ServerCodec())
 	be.register(g)
 	go func() { _ = g.Serve(lis) }()
 	return &benchServer{addr: lis.Addr().String(), g: g}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 )
@@ -102,6 +103,34 @@ type Cache struct {
 	// rejected holds, per name, why its latest version could not be
 	// encoded; the previous version (if any) stays in force meanwhile.
 	rejected map[string]error
+
+	// shared memoises, for the current revision, the encoded response of
+	// every wildcard stream by the cursor it starts from.
+	shared sharedResponses
+}
+
+// sharedResponses are the wildcard responses of one revision, encoded once
+// and sent to every stream that starts from the same cursor: a change that
+// reaches N streams costs one encode and N writes, not N encodes.
+type sharedResponses struct {
+	mu       sync.Mutex
+	revision uint64
+	byCursor map[uint64]*sharedResponse
+}
+
+// fullSync is the byCursor key of the response that carries every live
+// resource (a new wildcard stream that holds nothing).
+const fullSync = ^uint64(0)
+
+// sharedResponse is one encoded DeltaDiscoveryResponse without its nonce.
+type sharedResponse struct {
+	once sync.Once
+	// behind: the cursor is below the floor; there is no response.
+	behind    bool
+	err       error
+	bytes     []byte
+	resources int
+	removed   int
 }
 
 // NewCache returns an empty cache for one type URL.
@@ -487,4 +516,56 @@ func (c *Cache) changesSinceLocked(cursor uint64, fn func(e *entry)) (ok bool) {
 		fn(e)
 	}
 	return true
+}
+
+// sharedLocked returns the response for a wildcard stream at cursor (or,
+// with cursor fullSync, for one that holds nothing), encoding it on first
+// use in this revision. Must be called with c.mu held (read or write).
+func (c *Cache) sharedLocked(cursor uint64) *sharedResponse {
+	c.shared.mu.Lock()
+	if c.shared.byCursor == nil || c.shared.revision != c.revision {
+		c.shared.revision = c.revision
+		c.shared.byCursor = map[uint64]*sharedResponse{}
+	}
+	sr := c.shared.byCursor[cursor]
+	if sr == nil {
+		sr = &sharedResponse{}
+		c.shared.byCursor[cursor] = sr
+	}
+	c.shared.mu.Unlock()
+	sr.once.Do(func() { c.encodeSharedLocked(sr, cursor) })
+	return sr
+}
+
+func (c *Cache) encodeSharedLocked(sr *sharedResponse, cursor uint64) {
+	var resources []*discovery.Resource
+	var removed []string
+	if cursor == fullSync {
+		resources = make([]*discovery.Resource, 0, c.live)
+		for _, e := range c.entries {
+			if !e.removed {
+				resources = append(resources, &discovery.Resource{Name: e.name, Version: e.version, Resource: e.body})
+			}
+		}
+	} else {
+		ok := c.changesSinceLocked(cursor, func(e *entry) {
+			if e.removed {
+				if e.createdAt <= cursor { // else it came and went unseen
+					removed = append(removed, e.name)
+				}
+				return
+			}
+			resources = append(resources, &discovery.Resource{Name: e.name, Version: e.version, Resource: e.body})
+		})
+		if !ok {
+			sr.behind = true
+			return
+		}
+	}
+	sr.resources, sr.removed = len(resources), len(removed)
+	sr.bytes, sr.err = marshalOpts.Marshal(&discovery.DeltaDiscoveryResponse{
+		TypeUrl:          c.typeURL,
+		Resources:        resources,
+		RemovedResources: removed,
+	})
 }

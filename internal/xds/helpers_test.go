@@ -50,7 +50,7 @@ func newEnv(t *testing.T) *env {
 		ended: make(chan struct{}, 1000),
 	}
 	e.srv = NewServer(ServerOptions{Logger: zap.New(core), Registerer: e.reg}, e.addrs, e.authz)
-	g := grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	g := grpc.NewServer(ServerCodec(), grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		e.streamMu.Lock()
 		refuse := e.refuse
 		e.streamMu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 )
 
 // Type URLs served to ztunnel.
@@ -42,8 +44,9 @@ type Server struct {
 	ids     atomic.Uint64
 
 	// onSend and onRequest, when set (tests only), see every response just
-	// before Send and every request before it is handled.
-	onSend    func(*discovery.DeltaDiscoveryResponse)
+	// before Send and every request before it is handled. shared is the
+	// encoding the response was sent from when it is shared by streams.
+	onSend    func(resp *discovery.DeltaDiscoveryResponse, shared []byte)
 	onRequest func(*discovery.DeltaDiscoveryRequest)
 }
 
@@ -65,7 +68,8 @@ func NewServer(opts ServerOptions, caches ...*Cache) *Server {
 	return s
 }
 
-// Register adds the aggregated discovery service to g.
+// Register adds the aggregated discovery service to g, which must have been
+// created with ServerCodec.
 func (s *Server) Register(g *grpc.Server) {
 	discovery.RegisterAggregatedDiscoveryServiceServer(g, s)
 }
@@ -341,6 +345,11 @@ var errBehind = status.Error(codes.Unavailable, "stream fell too far behind the 
 // respond sends, in one response for ts's type, every change since the
 // stream's cursor that the subscription covers, plus what r asks for.
 func (st *stream) respond(ts *typeState, r request) error {
+	// A wildcard stream that asks for nothing in particular gets what every
+	// wildcard stream at its cursor gets: send the shared encoding.
+	if ts.wildcard && len(r.demanded) == 0 && len(r.versions) == 0 && (r.fullSync || !r.initial) {
+		return st.respondShared(ts, r)
+	}
 	c := ts.cache
 	var (
 		out      []*discovery.Resource
@@ -507,6 +516,46 @@ func (st *stream) respond(ts *typeState, r request) error {
 	return nil
 }
 
+// respondShared is respond for a wildcard stream whose response depends
+// only on its cursor.
+func (st *stream) respondShared(ts *typeState, r request) error {
+	c := ts.cache
+	c.mu.RLock()
+	head := c.revision
+	if !r.fullSync && ts.cursor == head {
+		c.mu.RUnlock()
+		return nil
+	}
+	from := ts.cursor
+	if r.fullSync {
+		from = fullSync
+	}
+	sr := c.sharedLocked(from)
+	replaced := c.replacedAt
+	if !sr.behind {
+		ts.cursor = head
+		ts.w.cursor.Store(head)
+	}
+	c.mu.RUnlock()
+	switch {
+	case sr.behind:
+		st.log.Warn("stream fell behind the cache's change log; closing it so the client resynchronises",
+			zap.String("type", c.typeURL))
+		return errBehind
+	case sr.err != nil:
+		return status.Errorf(codes.Internal, "encoding the %s response: %v", c.typeURL, sr.err)
+	case sr.resources == 0 && sr.removed == 0 && !r.initial:
+		return nil
+	}
+	if err := st.sendShared(sr.bytes, c.typeURL); err != nil {
+		return err
+	}
+	if !r.fullSync {
+		st.srv.metrics.pushLatency.WithLabelValues(shortType(c.typeURL)).Observe(sinceSeconds(replaced))
+	}
+	return nil
+}
+
 func (ts *typeState) interestedByName(name string) bool {
 	if _, ok := ts.names[name]; ok {
 		return true
@@ -552,9 +601,28 @@ func (st *stream) send(resp *discovery.DeltaDiscoveryResponse, typeURL string) e
 	st.nonce++
 	resp.Nonce = formatNonce(st.nonce)
 	if h := st.srv.onSend; h != nil {
-		h(resp)
+		h(resp, nil)
 	}
 	if err := st.gs.Send(resp); err != nil {
+		return err
+	}
+	st.srv.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()
+	return nil
+}
+
+// sendShared sends a response encoded once for many streams, adding only
+// this stream's nonce.
+func (st *stream) sendShared(shared []byte, typeURL string) error {
+	st.nonce++
+	msg := newPreEncoded(shared, formatNonce(st.nonce))
+	if h := st.srv.onSend; h != nil {
+		resp := &discovery.DeltaDiscoveryResponse{}
+		if err := proto.Unmarshal(append(slices.Clip(shared), msg.nonce...), resp); err != nil {
+			return status.Errorf(codes.Internal, "decoding a shared response: %v", err)
+		}
+		h(resp, shared)
+	}
+	if err := st.gs.SendMsg(msg); err != nil {
 		return err
 	}
 	st.srv.metrics.pushes.WithLabelValues(shortType(typeURL)).Inc()

@@ -314,33 +314,58 @@ func TestNACKLoggedCountedNotResent(t *testing.T) {
 	}
 }
 
+// Wildcard streams at the same cursor are sent one shared encoding of the
+// response (the nonce is all that differs), for the initial sync and for
+// every change after it; an on-demand answer still shares each resource's
+// encoded bytes.
 func TestStreamsShareEncodedBytes(t *testing.T) {
 	e := newEnv(t)
 	e.addrs.Replace([]Resource{workload("c//Pod/default/a", "10.0.0.1")})
 	var mu sync.Mutex
-	var seen [][]byte
-	e.srv.onSend = func(resp *discovery.DeltaDiscoveryResponse) {
+	var shared [][]byte
+	e.srv.onSend = func(resp *discovery.DeltaDiscoveryResponse, body []byte) {
 		mu.Lock()
 		defer mu.Unlock()
-		for _, r := range resp.GetResources() {
-			seen = append(seen, r.GetResource().GetValue())
+		if resp.GetTypeUrl() == AddressTypeURL && len(resp.GetResources()) > 0 {
+			shared = append(shared, body)
 		}
 	}
-	for range 2 {
+	sameBody := func(what string, want int) {
+		t.Helper()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(shared) != want {
+			t.Fatalf("%s: saw %d responses, want %d", what, len(shared), want)
+		}
+		for i := 1; i < len(shared); i++ {
+			if shared[i] == nil || &shared[i][0] != &shared[0][0] {
+				t.Fatalf("%s: response %d was encoded on its own, not shared", what, i)
+			}
+		}
+		shared = nil
+	}
+	var streams []*raw
+	for range 3 {
 		r := e.raw()
 		r.send(&discovery.DeltaDiscoveryRequest{TypeUrl: AddressTypeURL})
-		if n := len(r.recv().GetResources()); n != 1 {
-			t.Fatalf("got %d resources, want 1", n)
+		m := r.recv()
+		if n := len(m.GetResources()); n != 1 || m.GetNonce() == "" {
+			t.Fatalf("got %d resources with nonce %q, want 1 with a nonce", n, m.GetNonce())
 		}
+		r.ack(m)
+		streams = append(streams, r)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(seen) != 2 {
-		t.Fatalf("saw %d encoded resources, want 2", len(seen))
+	sameBody("initial sync", 3)
+
+	e.addrs.Update([]Resource{workload("c//Pod/default/b", "10.0.0.2")}, []string{"c//Pod/default/a"})
+	for _, r := range streams {
+		m := r.recv()
+		if got := names(m.GetResources()); !cmp.Equal(got, []string{"c//Pod/default/b"}) || !cmp.Equal(m.GetRemovedResources(), []string{"c//Pod/default/a"}) {
+			t.Fatalf("change = %v removed %v, want b added and a removed", got, m.GetRemovedResources())
+		}
+		r.ack(m)
 	}
-	if &seen[0][0] != &seen[1][0] {
-		t.Errorf("the two streams were sent different copies of the same version")
-	}
+	sameBody("change", 3)
 }
 
 func TestSotWUnimplemented(t *testing.T) {

@@ -205,17 +205,32 @@ func TestOnDemandLookups(t *testing.T) {
 	if !slices.Contains(names, uid) || c.Workloads()[uid] == nil {
 		t.Fatalf("IP lookup answered %v; want the workload %s held", names, uid)
 	}
-	if _, err := c.Lookup(ctx, "apps/echo.apps.svc.cluster.local"); err != nil {
+	// A Service is answered as istiod's lookup answers it: the Service and
+	// every workload that lists it.
+	const echo = "apps/echo.apps.svc.cluster.local"
+	if _, err := c.Lookup(ctx, echo); err != nil {
 		t.Fatal(err)
 	}
-	if c.Services()["apps/echo.apps.svc.cluster.local"] == nil {
-		t.Fatal("hostname lookup did not deliver the echo service")
+	want := []string{uid, echo}
+	for name, a := range expectedAddresses(t, dir) {
+		if _, ok := a.GetWorkload().GetServices()[echo]; ok && name != uid {
+			want = append(want, name)
+		}
+	}
+	if len(want) < 3 {
+		t.Fatalf("the example's echo service has %d endpoints; the test needs at least two", len(want)-1)
 	}
 	if _, err := c.Lookup(ctx, "network1/10.99.99.99"); err != nil {
 		t.Fatalf("a lookup of an unknown IP must complete (with a removal): %v", err)
 	}
-	if got := len(c.Workloads()) + len(c.Services()); got != 2 {
-		t.Errorf("on-demand client holds %d addresses, want exactly the 2 it asked for", got)
+	var got []string
+	for name := range held(c) {
+		got = append(got, name)
+	}
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Errorf("on-demand client holds %v, want exactly what it asked for and the echo service's endpoints %v", got, want)
 	}
 }
 

@@ -58,7 +58,7 @@ func (s recordingStream) RecvMsg(m any) error {
 
 func newHarness(t *testing.T, register func(*grpc.Server)) *harness {
 	h := &harness{t: t, lis: bufconn.Listen(1 << 20), recorded: make(chan struct{})}
-	g := grpc.NewServer(grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	g := grpc.NewServer(xds.ServerCodec(), grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		h.mu.Lock()
 		refuse := h.refuse
 		h.mu.Unlock()
