@@ -44,7 +44,9 @@ func (c sharedCodec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.fallback.Marshal(v)
 }
 
-func (c sharedCodec) Unmarshal(data mem.BufferSlice, v any) error { return c.fallback.Unmarshal(data, v) }
+func (c sharedCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	return c.fallback.Unmarshal(data, v)
+}
 
 // Name is the standard codec's: the content type on the wire is unchanged.
 func (sharedCodec) Name() string { return proto.Name }
