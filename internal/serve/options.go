@@ -27,8 +27,10 @@ type Options struct {
 	// ServerSANs are the DNS names on the TLS listener's certificate.
 	ServerSANs       []string
 	MaxConnectionAge time.Duration
-	PeerStaleTTL     time.Duration
-	PeerSyncTimeout  time.Duration
+	// MaxStreamsPerConnection caps concurrent streams per client connection.
+	MaxStreamsPerConnection uint32
+	PeerStaleTTL            time.Duration
+	PeerSyncTimeout         time.Duration
 }
 
 // DefaultOptions returns the defaults the design promises.
@@ -41,8 +43,11 @@ func DefaultOptions() Options {
 		Listen:           ":15012",
 		MonitoringListen: ":15014",
 		MaxConnectionAge: 30 * time.Minute,
-		PeerStaleTTL:     10 * time.Minute,
-		PeerSyncTimeout:  30 * time.Second,
+		// ztunnel and peer links open one stream per connection; the cap
+		// stops one connection from holding thousands.
+		MaxStreamsPerConnection: 100,
+		PeerStaleTTL:            10 * time.Minute,
+		PeerSyncTimeout:         30 * time.Second,
 	}
 }
 
@@ -68,6 +73,9 @@ func (o Options) Validate() error {
 	}
 	if o.Listen == "" && o.PlaintextListen == "" {
 		errs = append(errs, errors.New("no gRPC listener: set --listen (TLS) or --plaintext-listen"))
+	}
+	if o.MaxStreamsPerConnection == 0 {
+		errs = append(errs, errors.New("--max-streams-per-connection 0: no client could open a stream"))
 	}
 	if o.MaxConnectionAge < 0 {
 		errs = append(errs, fmt.Errorf("--max-connection-age %v: must not be negative", o.MaxConnectionAge))

@@ -147,6 +147,7 @@ func newGRPCServer(opts Options, creds credentials.TransportCredentials) *grpc.S
 	serverOpts := []grpc.ServerOption{
 		xds.ServerCodec(),
 		grpc.MaxRecvMsgSize(16 << 20),
+		grpc.MaxConcurrentStreams(opts.MaxStreamsPerConnection),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 	}
 	if opts.MaxConnectionAge > 0 {

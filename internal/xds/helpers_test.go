@@ -39,6 +39,12 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	return newEnvWith(t, Limits{})
+}
+
+// newEnvWith is newEnv with the server's limits set (zero fields: defaults).
+func newEnvWith(t *testing.T, limits Limits) *env {
+	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	e := &env{
 		t:     t,
@@ -49,7 +55,7 @@ func newEnv(t *testing.T) *env {
 		lis:   bufconn.Listen(1 << 20),
 		ended: make(chan struct{}, 1000),
 	}
-	e.srv = NewServer(ServerOptions{Logger: zap.New(core), Registerer: e.reg}, e.addrs, e.authz)
+	e.srv = NewServer(ServerOptions{Logger: zap.New(core), Registerer: e.reg, Limits: limits}, e.addrs, e.authz)
 	g := grpc.NewServer(ServerCodec(), grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		e.streamMu.Lock()
 		refuse := e.refuse
@@ -125,6 +131,25 @@ type raw struct {
 	conn   *grpc.ClientConn
 	resp   chan *discovery.DeltaDiscoveryResponse
 	cancel context.CancelFunc
+	// err is why the stream ended; set before resp is closed.
+	err error
+}
+
+// ended drains responses until the stream ends and returns its status.
+func (r *raw) ended() error {
+	r.t.Helper()
+	deadline := time.After(waitTimeout)
+	for {
+		select {
+		case _, ok := <-r.resp:
+			if !ok {
+				return r.err
+			}
+		case <-deadline:
+			r.t.Fatal("timed out waiting for the stream to end")
+			return nil
+		}
+	}
 }
 
 func (e *env) raw() *raw {
@@ -145,6 +170,7 @@ func (e *env) raw() *raw {
 		for {
 			m, err := s.Recv()
 			if err != nil {
+				r.err = err
 				close(r.resp)
 				return
 			}

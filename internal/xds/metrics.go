@@ -11,7 +11,12 @@ type metrics struct {
 	pushes      *prometheus.CounterVec
 	nacks       *prometheus.CounterVec
 	pushLatency *prometheus.HistogramVec
-	unknown     *prometheus.CounterVec
+	// unknown has no type label: the type URL comes from the client, and a
+	// label per value would let a client grow /metrics without bound.
+	unknown prometheus.Counter
+	// closed counts streams the server ended because the client broke a
+	// limit, by the limit ("queue", "names", "name_length", "replies").
+	closed *prometheus.CounterVec
 }
 
 // shortType turns a type URL into a metric label ("istio.workload.Address").
@@ -41,15 +46,19 @@ func newMetrics(reg prometheus.Registerer, caches []*Cache) *metrics {
 			Help:    "Time from the cache change (Replace) to the end of Send of the response carrying it, by type.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}, []string{"type"}),
-		unknown: prometheus.NewCounterVec(prometheus.CounterOpts{
+		unknown: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "peerd_xds_unknown_type_requests_total",
-			Help: "Streams that subscribed to a type URL this server does not serve.",
-		}, []string{"type"}),
+			Help: "Streams that subscribed to a type URL this server does not serve (each logged once per stream).",
+		}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peerd_xds_streams_closed_for_limits_total",
+			Help: "Streams the server closed because the client broke a limit, by limit.",
+		}, []string{"limit"}),
 	}
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.streams, m.pushes, m.nacks, m.pushLatency, m.unknown)
+	reg.MustRegister(m.streams, m.pushes, m.nacks, m.pushLatency, m.unknown, m.closed)
 	for _, c := range caches {
 		c := c
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -26,11 +26,55 @@ const (
 	AuthorizationTypeURL = "type.googleapis.com/istio.security.Authorization"
 )
 
-// ServerOptions configures a Server. Both fields may be left zero: a nil
-// Logger logs nothing and a nil Registerer registers no metrics.
+// ServerOptions configures a Server. Every field may be left zero: a nil
+// Logger logs nothing, a nil Registerer registers no metrics, and zero
+// Limits take DefaultLimits.
 type ServerOptions struct {
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer
+	Limits     Limits
+}
+
+// Limits bound what one stream may cost the server. A client past a limit
+// gets its stream closed with a status that names the limit; other streams
+// are unaffected.
+type Limits struct {
+	// MaxQueuedRequests is how many requests may wait unhandled. The queue
+	// must not block the receiver (see stream), so it is bounded instead;
+	// a client that ACKs what it receives never has more than a few queued.
+	MaxQueuedRequests int
+	// MaxNames is how many names one stream may subscribe per type.
+	MaxNames int
+	// MaxNameLength is the longest resource name or key accepted, in bytes.
+	MaxNameLength int
+	// NACKLogInterval: after a NACK is logged, further NACKs of the stream
+	// are counted but logged at most once per interval.
+	NACKLogInterval time.Duration
+}
+
+// DefaultLimits are generous for ztunnel (one stream per node, names as long
+// as a Kubernetes uid path) and for peers.
+var DefaultLimits = Limits{
+	MaxQueuedRequests: 10_000,
+	MaxNames:          100_000,
+	MaxNameLength:     1024,
+	NACKLogInterval:   10 * time.Second,
+}
+
+func (l Limits) withDefaults() Limits {
+	if l.MaxQueuedRequests <= 0 {
+		l.MaxQueuedRequests = DefaultLimits.MaxQueuedRequests
+	}
+	if l.MaxNames <= 0 {
+		l.MaxNames = DefaultLimits.MaxNames
+	}
+	if l.MaxNameLength <= 0 {
+		l.MaxNameLength = DefaultLimits.MaxNameLength
+	}
+	if l.NACKLogInterval <= 0 {
+		l.NACKLogInterval = DefaultLimits.NACKLogInterval
+	}
+	return l
 }
 
 // Server serves the caches it was built with over envoy's aggregated
@@ -41,6 +85,7 @@ type Server struct {
 	log     *zap.Logger
 	caches  map[string]*Cache
 	metrics *metrics
+	limits  Limits
 	ids     atomic.Uint64
 
 	// onSend and onRequest, when set (tests only), see every response just
@@ -61,6 +106,7 @@ func NewServer(opts ServerOptions, caches ...*Cache) *Server {
 		log:     log.Named("xds"),
 		caches:  make(map[string]*Cache, len(caches)),
 		metrics: newMetrics(opts.Registerer, caches),
+		limits:  opts.Limits.withDefaults(),
 	}
 	for _, c := range caches {
 		s.caches[c.TypeURL()] = c
@@ -89,15 +135,28 @@ func (s *Server) DeltaAggregatedResources(gs discovery.AggregatedDiscoveryServic
 		gs:       gs,
 		wake:     make(chan struct{}, 1),
 		reqReady: make(chan struct{}, 1),
+		fatal:    make(chan error, 1),
 		types:    map[string]*typeState{},
 		unknown:  map[string]bool{},
 	}
 	st.log = s.log.With(zap.Uint64("stream", st.id))
 	s.metrics.streams.Inc()
 	defer s.metrics.streams.Dec()
-	defer st.close()
 	go st.receive()
-	return st.run(gs.Context())
+	// run may be blocked sending to a client that does not read; when the
+	// receiver closes the stream for a broken limit, returning here ends
+	// the stream, which fails that send and lets run finish.
+	done := make(chan error, 1)
+	go func() {
+		defer st.close()
+		done <- st.run(gs.Context())
+	}()
+	select {
+	case err := <-done:
+		return err
+	case err := <-st.fatal:
+		return err
+	}
 }
 
 // stream is the state of one delta ADS stream. Everything except the request
@@ -115,14 +174,34 @@ type stream struct {
 	types   map[string]*typeState
 	unknown map[string]bool // type URLs already answered as unknown
 
-	// The request queue is unbounded so that receive never blocks: a client
-	// that is itself blocked sending ACKs while we are blocked sending to it
-	// would otherwise deadlock both sides.
+	// replies counts requests that answer a response (carry a nonce); a
+	// client sends one per response, so more is a broken or hostile client.
+	replies uint64
+	// nackLogged is when a NACK of this stream was last logged; suppressed
+	// counts the NACKs not logged since.
+	nackLogged time.Time
+	suppressed int
+
+	// The request queue never blocks receive: a client that is itself
+	// blocked sending ACKs while we are blocked sending to it would
+	// otherwise deadlock both sides. It is bounded by dropping the stream
+	// instead: receive stops reading and run ends the stream.
 	mu       sync.Mutex
 	queue    []*discovery.DeltaDiscoveryRequest
 	recvErr  error
 	reqReady chan struct{}
+	// fatal receives the error that ends the stream when the receiver, not
+	// run, detects a broken limit.
+	fatal chan error
 }
+
+// Statuses of streams closed for breaking a limit.
+var (
+	errQueueFull = func(n int) error {
+		return status.Errorf(codes.ResourceExhausted, "more than %d requests queued without being handled: the client sends faster than it reads", n)
+	}
+	errTooManyReplies = status.Error(codes.InvalidArgument, "more ACKs/NACKs than responses sent: every response gets exactly one reply")
+)
 
 // typeState is one stream's subscription to one cache.
 type typeState struct {
@@ -148,9 +227,14 @@ func (st *stream) receive() {
 	for {
 		req, err := st.gs.Recv()
 		st.mu.Lock()
-		if err != nil {
+		switch {
+		case err != nil:
 			st.recvErr = err
-		} else {
+		case len(st.queue) >= st.srv.limits.MaxQueuedRequests:
+			err = st.limitError("queue", errQueueFull(st.srv.limits.MaxQueuedRequests))
+			st.recvErr = err
+			st.fatal <- err
+		default:
 			st.queue = append(st.queue, req)
 		}
 		st.mu.Unlock()
@@ -182,6 +266,9 @@ func (st *stream) run(ctx context.Context) error {
 			}
 		}
 		if recvErr != nil {
+			if _, ok := recvErr.(limitError); ok {
+				return recvErr
+			}
 			if errors.Is(recvErr, io.EOF) {
 				return nil
 			}
@@ -219,9 +306,51 @@ type request struct {
 	versions map[string]string
 }
 
+// limitError is a status error for a broken limit; it is logged and counted
+// when it is made.
+type limitError struct{ error }
+
+func (e limitError) GRPCStatus() *status.Status { return status.Convert(e.error) }
+
+func (st *stream) limitError(limit string, err error) error {
+	st.srv.metrics.closed.WithLabelValues(limit).Inc()
+	st.log.Warn("closing a stream that broke a limit", zap.String("limit", limit), zap.Error(err))
+	return limitError{err}
+}
+
+// checkRequest enforces the per-request limits.
+func (st *stream) checkRequest(req *discovery.DeltaDiscoveryRequest) error {
+	if req.GetResponseNonce() != "" {
+		st.replies++
+		// A little slack: a client may answer a response in flight while
+		// the stream is being set up again, but never many more.
+		if st.replies > st.nonce+16 {
+			return st.limitError("replies", errTooManyReplies)
+		}
+	}
+	for _, list := range [][]string{req.GetResourceNamesSubscribe(), req.GetResourceNamesUnsubscribe()} {
+		for _, name := range list {
+			if len(name) > st.srv.limits.MaxNameLength {
+				return st.limitError("name_length", status.Errorf(codes.InvalidArgument,
+					"resource name of %d bytes (starting %q): names are at most %d bytes", len(name), truncate(name, 32), st.srv.limits.MaxNameLength))
+			}
+		}
+	}
+	for name := range req.GetInitialResourceVersions() {
+		if len(name) > st.srv.limits.MaxNameLength {
+			return st.limitError("name_length", status.Errorf(codes.InvalidArgument,
+				"initial_resource_versions name of %d bytes (starting %q): names are at most %d bytes", len(name), truncate(name, 32), st.srv.limits.MaxNameLength))
+		}
+	}
+	return nil
+}
+
 func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) error {
 	if h := st.srv.onRequest; h != nil {
 		h(req)
+	}
+	if err := st.checkRequest(req); err != nil {
+		return err
 	}
 	typeURL := req.GetTypeUrl()
 	if n := req.GetNode(); n != nil && n.GetId() != "" {
@@ -279,6 +408,10 @@ func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) error {
 			}
 		}
 	}
+	if n := len(ts.names); n > st.srv.limits.MaxNames {
+		return st.limitError("names", status.Errorf(codes.ResourceExhausted,
+			"%d names subscribed for %s: at most %d per stream", n, typeURL, st.srv.limits.MaxNames))
+	}
 	r.fullSync = ts.wildcard && !wasWildcard
 	if !r.initial && !r.fullSync && len(r.demanded) == 0 {
 		return nil // a plain ACK or an unsubscription: nothing to send
@@ -300,26 +433,49 @@ func (st *stream) answerUnknown(req *discovery.DeltaDiscoveryRequest) error {
 	if st.unknown[typeURL] {
 		return nil // an ACK of our empty answer, or a later request
 	}
+	if len(st.unknown) >= maxUnknownTypes {
+		return st.limitError("unknown_types", status.Errorf(codes.InvalidArgument,
+			"more than %d type URLs this server does not serve", maxUnknownTypes))
+	}
 	st.unknown[typeURL] = true
-	st.srv.metrics.unknown.WithLabelValues(shortType(typeURL)).Inc()
+	st.srv.metrics.unknown.Inc()
 	st.log.Warn("client subscribed to a type URL this server does not serve; answering with an empty response",
-		zap.String("type", typeURL))
+		zap.String("type", truncate(typeURL, 256)))
 	return st.send(&discovery.DeltaDiscoveryResponse{TypeUrl: typeURL}, typeURL)
+}
+
+// maxUnknownTypes bounds the type URLs a stream may ask for in vain (each
+// costs a map entry and a log line).
+const maxUnknownTypes = 16
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }
 
 // nack logs and counts a rejected response. Nothing is resent: the client
 // does not hold the rejected resources, and they are sent again when they
-// change.
+// change. Logging is rate-limited per stream: a NACK is logged at most once
+// per NACKLogInterval, with the number of NACKs not logged since.
 func (st *stream) nack(req *discovery.DeltaDiscoveryRequest) {
 	typeURL := req.GetTypeUrl()
 	st.srv.metrics.nacks.WithLabelValues(shortType(typeURL)).Inc()
+	now := time.Now()
+	if !st.nackLogged.IsZero() && now.Sub(st.nackLogged) < st.srv.limits.NACKLogInterval {
+		st.suppressed++
+		return
+	}
 	detail := req.GetErrorDetail()
 	st.log.Warn("client rejected a response (NACK)",
 		zap.String("type", typeURL),
 		zap.String("nonce", req.GetResponseNonce()),
 		zap.Int32("code", detail.GetCode()),
-		zap.Strings("resources", NACKResources(detail.GetMessage())),
-		zap.String("message", detail.GetMessage()))
+		zap.Strings("resources", NACKResources(truncate(detail.GetMessage(), 4096))),
+		zap.String("message", truncate(detail.GetMessage(), 4096)),
+		zap.Int("nacks_not_logged_since_last", st.suppressed))
+	st.nackLogged, st.suppressed = now, 0
 }
 
 // NACKResources extracts the resource names from a NACK message made of
