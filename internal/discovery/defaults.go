@@ -114,8 +114,15 @@ func preparePod(o *corev1.Pod) []fieldErr {
 	}
 	// The ServiceAccount admission plugin (on in every cluster) gives a pod
 	// without one the namespace's "default" account, which is the pod's
-	// identity in the mesh.
-	if s.ServiceAccountName == "" {
+	// identity in the mesh. It leaves mirror pods (the kubelet's copies of
+	// its static pods) alone and refuses one that names an account: such a
+	// pod has no service account at all.
+	if _, mirror := o.Annotations[corev1.MirrorPodAnnotationKey]; mirror {
+		if s.ServiceAccountName != "" {
+			errs = append(errs, invalid("spec.serviceAccountName", s.ServiceAccountName,
+				"a mirror pod (annotation "+corev1.MirrorPodAnnotationKey+") may not reference a service account"))
+		}
+	} else if s.ServiceAccountName == "" {
 		s.ServiceAccountName = "default"
 	}
 	s.DeprecatedServiceAccount = s.ServiceAccountName
