@@ -275,7 +275,8 @@ func validateEndpointSlice(o *discoveryv1.EndpointSlice) []fieldErr {
 	names := map[string]bool{}
 	for i, p := range o.Ports {
 		field := fmt.Sprintf("ports[%d]", i)
-		// Defaulting gives every port a name ("" when unnamed) and a protocol.
+		// prepareEndpointSlice gave every port a name ("" when unnamed) and
+		// a protocol.
 		name := *p.Name
 		if name != "" {
 			errs = append(errs, messages(field+".name", name, validation.IsDNS1123Label(name))...)
@@ -293,15 +294,15 @@ func validateEndpointSlice(o *discoveryv1.EndpointSlice) []fieldErr {
 		return append(errs, invalid("endpoints", len(o.Endpoints), fmt.Sprintf("must have at most %d items", maxSliceEndpoints)))
 	}
 	for i, ep := range o.Endpoints {
-		field := fmt.Sprintf("endpoints[%d].addresses", i)
+		path := field.NewPath("endpoints").Index(i).Child("addresses")
 		switch {
 		case len(ep.Addresses) == 0:
-			errs = append(errs, required(field, "at least one address"))
+			errs = append(errs, required(path.String(), "at least one address"))
 		case len(ep.Addresses) > maxAddressesPerEndpoints:
-			errs = append(errs, invalid(field, len(ep.Addresses), fmt.Sprintf("must have at most %d items", maxAddressesPerEndpoints)))
+			errs = append(errs, invalid(path.String(), len(ep.Addresses), fmt.Sprintf("must have at most %d items", maxAddressesPerEndpoints)))
 		}
 		for j, a := range ep.Addresses {
-			errs = append(errs, validateEndpointAddress(fmt.Sprintf("%s[%d]", field, j), a, o.AddressType)...)
+			errs = append(errs, validateEndpointAddress(path.Index(j), a, o.AddressType)...)
 		}
 	}
 	return errs
@@ -310,9 +311,9 @@ func validateEndpointSlice(o *discoveryv1.EndpointSlice) []fieldErr {
 // validateEndpointAddress: an IP endpoint becomes a workload address, so it
 // must be a usable unicast address of the slice's family (IPv6 ones in
 // canonical form, as the API server demands of them).
-func validateEndpointAddress(field, a string, t discoveryv1.AddressType) []fieldErr {
+func validateEndpointAddress(path *field.Path, a string, t discoveryv1.AddressType) []fieldErr {
 	if t == discoveryv1.AddressTypeFQDN {
-		return fromFieldErrors(validation.IsFullyQualifiedDomainName(fieldPath(field), a))
+		return fromFieldErrors(validation.IsFullyQualifiedDomainName(path, a))
 	}
 	if t != discoveryv1.AddressTypeIPv4 && t != discoveryv1.AddressTypeIPv6 {
 		return nil // the address type error says it all
@@ -336,12 +337,8 @@ func validateEndpointAddress(field, a string, t discoveryv1.AddressType) []field
 	if why == "" {
 		return nil
 	}
-	return []fieldErr{invalid(field, a, why)}
+	return []fieldErr{invalid(path.String(), a, why)}
 }
-
-// fieldPath turns a rendered path back into a field.Path for apimachinery
-// checks that want one; only its String() is used.
-func fieldPath(rendered string) *field.Path { return field.NewPath(rendered) }
 
 func validateGateway(o *gatewayv1.Gateway) []fieldErr {
 	errs := validateMeta(o, true, apimachineryvalidation.NameIsDNSSubdomain)
