@@ -44,8 +44,8 @@ var supportedTrafficDistributions = []string{
 
 // The API server's limits on an EndpointSlice.
 const (
-	maxSliceEndpoints        = 1000
-	maxAddressesPerEndpoints = 100
+	maxSliceEndpoints       = 1000
+	maxAddressesPerEndpoint = 100
 )
 
 var metadataPath = field.NewPath("metadata")
@@ -298,8 +298,8 @@ func validateEndpointSlice(o *discoveryv1.EndpointSlice) []fieldErr {
 		switch {
 		case len(ep.Addresses) == 0:
 			errs = append(errs, required(path.String(), "at least one address"))
-		case len(ep.Addresses) > maxAddressesPerEndpoints:
-			errs = append(errs, invalid(path.String(), len(ep.Addresses), fmt.Sprintf("must have at most %d items", maxAddressesPerEndpoints)))
+		case len(ep.Addresses) > maxAddressesPerEndpoint:
+			errs = append(errs, invalid(path.String(), len(ep.Addresses), fmt.Sprintf("must have at most %d items", maxAddressesPerEndpoint)))
 		}
 		for j, a := range ep.Addresses {
 			errs = append(errs, validateEndpointAddress(path.Index(j), a, o.AddressType)...)
