@@ -15,7 +15,8 @@ import (
 // a create through the API server: the same defaults (pkg/apis/*/defaults.go
 // in Kubernetes, the Gateway API CRD schema defaults, the ServiceAccount
 // admission plugin, the Service REST storage's cluster-IP and IP-family
-// handling), and the validation whose absence would change the mapping.
+// handling), and the checks that defaulting itself needs; validate.go then
+// refuses what the API server's validation refuses.
 // Where the API server would pick a value from cluster configuration (the
 // default IP family, an allocated cluster IP), peerd either assumes the
 // common case (IPv4 first) or refuses the object, and says which.
@@ -36,7 +37,8 @@ func invalid(field string, value any, why string) fieldErr {
 	return fieldErr{field, fmt.Errorf("%w %q: %s", ErrInvalid, fmt.Sprint(value), why)}
 }
 
-// prepare sets the namespace, applies defaults and validates obj in place.
+// prepare sets the namespace, applies defaults and validates obj in place:
+// the checks defaulting needs here, then validate.go's.
 func prepare(obj runtime.Object) []fieldErr {
 	switch o := obj.(type) {
 	case *corev1.Namespace:
@@ -45,10 +47,13 @@ func prepare(obj runtime.Object) []fieldErr {
 			return errs
 		}
 		defaultNamespace(o)
-		return nil
+		return validateNamespace(o)
 	case *corev1.Node:
 		o.Namespace = ""
-		return requireName(o.Name, o.GenerateName)
+		if errs := requireName(o.Name, o.GenerateName); errs != nil {
+			return errs
+		}
+		return validateNode(o)
 	case *corev1.Pod:
 		if o.Namespace == "" {
 			o.Namespace = corev1.NamespaceDefault
@@ -56,7 +61,7 @@ func prepare(obj runtime.Object) []fieldErr {
 		if errs := requireName(o.Name, o.GenerateName); errs != nil {
 			return errs
 		}
-		return preparePod(o)
+		return append(preparePod(o), validatePod(o)...)
 	case *corev1.Service:
 		if o.Namespace == "" {
 			o.Namespace = corev1.NamespaceDefault
@@ -64,7 +69,7 @@ func prepare(obj runtime.Object) []fieldErr {
 		if errs := requireName(o.Name, o.GenerateName); errs != nil {
 			return errs
 		}
-		return prepareService(o)
+		return append(prepareService(o), validateService(o)...)
 	case *discoveryv1.EndpointSlice:
 		if o.Namespace == "" {
 			o.Namespace = corev1.NamespaceDefault
@@ -72,7 +77,7 @@ func prepare(obj runtime.Object) []fieldErr {
 		if errs := requireName(o.Name, o.GenerateName); errs != nil {
 			return errs
 		}
-		return prepareEndpointSlice(o)
+		return append(prepareEndpointSlice(o), validateEndpointSlice(o)...)
 	case *gatewayv1.Gateway:
 		if o.Namespace == "" {
 			o.Namespace = corev1.NamespaceDefault
@@ -80,7 +85,7 @@ func prepare(obj runtime.Object) []fieldErr {
 		if errs := requireName(o.Name, o.GenerateName); errs != nil {
 			return errs
 		}
-		return prepareGateway(o)
+		return append(prepareGateway(o), validateGateway(o)...)
 	}
 	return []fieldErr{{"kind", fmt.Errorf("%w: %T", ErrUnsupportedKind, obj)}}
 }
@@ -114,8 +119,15 @@ func preparePod(o *corev1.Pod) []fieldErr {
 	}
 	// The ServiceAccount admission plugin (on in every cluster) gives a pod
 	// without one the namespace's "default" account, which is the pod's
-	// identity in the mesh.
-	if s.ServiceAccountName == "" {
+	// identity in the mesh. It leaves mirror pods (the kubelet's copies of
+	// its static pods) alone and refuses one that names an account: such a
+	// pod has no service account at all.
+	if _, mirror := o.Annotations[corev1.MirrorPodAnnotationKey]; mirror {
+		if s.ServiceAccountName != "" {
+			errs = append(errs, invalid("spec.serviceAccountName", s.ServiceAccountName,
+				"a mirror pod (annotation "+corev1.MirrorPodAnnotationKey+") may not reference a service account"))
+		}
+	} else if s.ServiceAccountName == "" {
 		s.ServiceAccountName = "default"
 	}
 	s.DeprecatedServiceAccount = s.ServiceAccountName
@@ -157,14 +169,9 @@ func preparePod(o *corev1.Pod) []fieldErr {
 	case st.HostIP == "" && len(st.HostIPs) > 0:
 		st.HostIP = st.HostIPs[0].IP
 	}
-	for i, ip := range st.PodIPs {
-		if _, err := netip.ParseAddr(ip.IP); err != nil {
-			errs = append(errs, invalid(fmt.Sprintf("status.podIPs[%d].ip", i), ip.IP, "not an IP address"))
-		}
-	}
 	for i, ip := range st.HostIPs {
-		if _, err := netip.ParseAddr(ip.IP); err != nil {
-			errs = append(errs, invalid(fmt.Sprintf("status.hostIPs[%d].ip", i), ip.IP, "not an IP address"))
+		if _, why := parseIP(ip.IP); why != "" {
+			errs = append(errs, invalid(fmt.Sprintf("status.hostIPs[%d].ip", i), ip.IP, why))
 		}
 	}
 	return errs
@@ -278,13 +285,13 @@ func serviceIPs(s *corev1.ServiceSpec) []fieldErr {
 	var families []corev1.IPFamily
 	if !headless {
 		for i, ip := range s.ClusterIPs {
-			addr, err := netip.ParseAddr(ip)
+			addr, why := parseIP(ip)
 			field := fmt.Sprintf("spec.clusterIPs[%d]", i)
 			if i == 0 {
 				field = "spec.clusterIP"
 			}
-			if err != nil || addr.Zone() != "" {
-				errs = append(errs, invalid(field, ip, "not an IP address"))
+			if why != "" {
+				errs = append(errs, invalid(field, ip, why))
 				continue
 			}
 			families = append(families, familyOf(addr))
@@ -385,24 +392,6 @@ func prepareEndpointSlice(o *discoveryv1.EndpointSlice) []fieldErr {
 		if p.Protocol == nil {
 			tcp := corev1.ProtocolTCP
 			p.Protocol = &tcp
-		}
-	}
-	for i, ep := range o.Endpoints {
-		if len(ep.Addresses) == 0 {
-			errs = append(errs, required(fmt.Sprintf("endpoints[%d].addresses", i), "at least one address"))
-		}
-		if o.AddressType == discoveryv1.AddressTypeFQDN {
-			continue
-		}
-		for j, a := range ep.Addresses {
-			addr, err := netip.ParseAddr(a)
-			field := fmt.Sprintf("endpoints[%d].addresses[%d]", i, j)
-			switch {
-			case err != nil:
-				errs = append(errs, invalid(field, a, "not an IP address"))
-			case o.AddressType != "" && familyOf(addr) != corev1.IPFamily(o.AddressType):
-				errs = append(errs, invalid(field, a, fmt.Sprintf("not an %s address", o.AddressType)))
-			}
 		}
 	}
 	return errs

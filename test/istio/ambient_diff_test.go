@@ -2,6 +2,7 @@ package istio
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -199,61 +200,84 @@ func peerdAddresses(t *testing.T, cfg istiodConfig, objs []runtime.Object) (addr
 	return res, keys
 }
 
-// compareLookups checks peerd's on-demand keys against istiod's own lookup,
-// which is what answers ztunnel's on-demand requests:
-//   - every resource name, asked as a key, gives that resource first;
-//   - for every "network/ip" key either side knows (peerd's LookupKeys, and
-//     each address of istiod's resources), the resources peerd files under
-//     it are exactly those istiod answers with directly: every workload at
-//     that address, or else the one service with that VIP (istiod appends
-//     the service's workloads, which ztunnel then gets under their own
-//     names; peerd does not list them under the VIP).
+// compareLookups checks peerd's on-demand answers against istiod's own
+// lookup, which is what answers ztunnel's on-demand requests. For every key
+// either side knows (each resource name, peerd's LookupKeys, and each
+// address of istiod's resources), peerd's answer (peerdLookup) must hold
+// exactly the resources of istiod's Lookup. They are compared as sets:
+// ztunnel waits for the key it asked for and files each resource under its
+// own name, so the order of an answer means nothing to it.
 func compareLookups(istiod istiodView, peerd map[string]*workloadapi.Address, peerdKeys map[string][]string) []string {
-	var problems []string
-	names := make([]string, 0, len(peerd))
-	for n := range peerd {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	byKey := map[string][]string{}
-	for _, n := range names {
-		if got := istiod.Lookup(n); len(got) == 0 || got[0] != n {
-			problems = append(problems, fmt.Sprintf("lookup %q: istiod answers %v, want the resource itself first", n, got))
-		}
-		for _, k := range peerdKeys[n] {
-			byKey[k] = append(byKey[k], n)
-		}
-	}
+	lookup := newPeerdLookup(peerd, peerdKeys)
 	candidates := map[string]bool{}
-	for k := range byKey {
+	for n := range peerd {
+		candidates[n] = true
+	}
+	for k := range lookup.byKey {
 		candidates[k] = true
 	}
-	for _, a := range istiod.Addresses {
+	for n, a := range istiod.Addresses {
+		candidates[n] = true
 		for _, k := range addressKeys(a) {
 			candidates[k] = true
 		}
 	}
-	sortedKeys := make([]string, 0, len(candidates))
+	keys := make([]string, 0, len(candidates))
 	for k := range candidates {
-		sortedKeys = append(sortedKeys, k)
+		keys = append(keys, k)
 	}
-	sort.Strings(sortedKeys)
-	for _, k := range sortedKeys {
-		var want []string
-		answer := istiod.Lookup(k)
-		if len(answer) > 0 && istiod.Addresses[answer[0]].GetService() != nil {
-			want = answer[:1]
-		} else {
-			want = answer
-		}
-		want = append([]string(nil), want...)
-		sort.Strings(want)
-		got := byKey[k]
+	sort.Strings(keys)
+	var problems []string
+	for _, k := range keys {
+		want := slices.Compact(slices.Sorted(slices.Values(istiod.Lookup(k))))
+		got := lookup.answer(k)
 		if !slices.Equal(want, got) {
-			problems = append(problems, fmt.Sprintf("on-demand key %q: istiod answers with %v, peerd files %v under it", k, want, got))
+			problems = append(problems, fmt.Sprintf("on-demand key %q: istiod answers with %v, peerd with %v", k, want, got))
 		}
 	}
 	return problems
+}
+
+// peerdLookup is peerd's on-demand rule, stated from peerd's own output:
+// the answer for key K is every resource filed under K by
+// ambient.LookupKeys, or the resource named K; and, for each Service among
+// those, every Workload whose services map has that Service's resource name
+// (namespace/hostname) as a key, as istiod's Lookup adds them.
+type peerdLookup struct {
+	addresses map[string]*workloadapi.Address
+	// byKey: a LookupKeys key to the names of the resources filed under it.
+	byKey map[string][]string
+	// members: a Service's resource name to the Workloads that list it.
+	members map[string][]string
+}
+
+func newPeerdLookup(addresses map[string]*workloadapi.Address, keys map[string][]string) peerdLookup {
+	l := peerdLookup{addresses: addresses, byKey: map[string][]string{}, members: map[string][]string{}}
+	for n, a := range addresses {
+		for _, k := range keys[n] {
+			l.byKey[k] = append(l.byKey[k], n)
+		}
+		for svc := range a.GetWorkload().GetServices() {
+			l.members[svc] = append(l.members[svc], n)
+		}
+	}
+	return l
+}
+
+// answer is peerd's answer for key, sorted, each name once.
+func (l peerdLookup) answer(key string) []string {
+	direct := slices.Clone(l.byKey[key])
+	if _, ok := l.addresses[key]; ok {
+		direct = append(direct, key)
+	}
+	out := slices.Clone(direct)
+	for _, n := range direct {
+		if l.addresses[n].GetService() != nil {
+			out = append(out, l.members[n]...)
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // addressKeys derives the "network/ip" keys of one of istiod's addresses:
@@ -429,7 +453,7 @@ func describe(a *workloadapi.Address) string {
 // istiod's own output, altered in one field, in the ignored field of a
 // service not on the ignore list, or missing one resource, must be reported,
 // and so must on-demand keys that are missing or filed under the wrong
-// resource.
+// resource, and a service's on-demand answer that lacks a member workload.
 func TestCompareAddressesCatchesDifferences(t *testing.T) {
 	files := diffCases(t)["examples/cluster1"]
 	objs := decodeFiles(t, files)
@@ -480,7 +504,9 @@ func TestCompareAddressesCatchesDifferences(t *testing.T) {
 	}
 
 	// The lookup comparison: istiod's own keys pass; a key dropped from a
-	// workload, or a key filed under the wrong resource, does not.
+	// workload, a key filed under the wrong resource, or a workload that no
+	// longer lists one of its services (so peerd's answer for that service
+	// lacks a member) does not.
 	keys := func() map[string][]string {
 		out := map[string][]string{}
 		for n, a := range want {
@@ -501,5 +527,20 @@ func TestCompareAddressesCatchesDifferences(t *testing.T) {
 	k[svc] = append(k[svc], keys()[wl][0])
 	if p := compareLookups(view, want, k); len(p) != 1 || !strings.Contains(p[0], keys()[wl][0]) {
 		t.Errorf("filing %s's key under %s gave %v", wl, svc, p)
+	}
+
+	got = clone()
+	member := slices.Sorted(maps.Keys(got[wl].GetWorkload().GetServices()))[0]
+	delete(got[wl].GetWorkload().GetServices(), member)
+	// The service's answer lacks the member under its name and each VIP.
+	wantKeys := append([]string{member}, addressKeys(want[member])...)
+	p := compareLookups(view, got, keys())
+	if len(p) != len(wantKeys) {
+		t.Errorf("%s no longer listing %s gave %d problems, want one per key %v: %v", wl, member, len(p), wantKeys, p)
+	}
+	for _, key := range wantKeys {
+		if !slices.ContainsFunc(p, func(s string) bool { return strings.Contains(s, fmt.Sprintf("key %q", key)) && strings.Contains(s, wl) }) {
+			t.Errorf("%s no longer listing %s: no problem names key %s and the workload: %v", wl, member, key, p)
+		}
 	}
 }

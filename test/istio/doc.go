@@ -15,8 +15,9 @@
 //     Kubernetes manifests (examples/cluster1 and every directory under
 //     testdata/), peerd's internal/ambient produces the same Address
 //     resources as istiod's ambient index running on Istio's fake kube
-//     client, and files them under the same on-demand keys that istiod's
-//     Lookup answers. The only tolerated difference is the load_balancing of
+//     client, and answers every on-demand key (resource name or
+//     network/IP) with the same set of resources as istiod's Lookup: for a
+//     Service, the Service and every workload that lists it. The only tolerated difference is the load_balancing of
 //     Services whose traffic distribution is a value only peerd knows
 //     (PreferNetwork, PreferRegion); each one is logged with its reason.
 //
