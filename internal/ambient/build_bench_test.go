@@ -46,3 +46,74 @@ func benchInputs(pods int) Inputs {
 	}
 	return in
 }
+
+// BenchmarkModelChange measures what one change costs the incremental model
+// (Model.Apply) in clusters of growing size: the cost must follow what the
+// change touches, not the cluster. Run with -benchtime 200x or more: the
+// setup (a first Apply of every object) dominates short runs.
+func BenchmarkModelChange(b *testing.B) {
+	for _, pods := range []int{1000, 10000, 100000} {
+		var m *Model
+		var in Inputs
+		setup := func(b *testing.B) {
+			if m != nil {
+				return
+			}
+			in = benchInputs(pods)
+			// 1,000 pods that a selector change moves: 500 labelled a, 500 b.
+			in.Namespaces = append(in.Namespaces, namespace("movers", nil, nil))
+			for i := range 1000 {
+				in.Pods = append(in.Pods, pod("movers", fmt.Sprintf("m-%d", i), captured(), podLabels("group", []string{"a", "b"}[i%2]),
+					onNode("node-0"), podIPs(fmt.Sprintf("10.200.%d.%d", i/250, i%250+1))))
+			}
+			in.Services = append(in.Services, service("movers", "mover", selector("group", "a"), clusterIPs("10.97.0.1"), svcPorts(sport("http", 80, 8080))))
+			b.StopTimer()
+			m = NewModel(testConfig)
+			m.Apply(in.changes())
+			b.StartTimer()
+		}
+		b.Run(fmt.Sprintf("pod-ready/pods=%d", pods), func(b *testing.B) {
+			setup(b)
+			ready := in.Pods[pods/2].DeepCopy()
+			unready := ready.DeepCopy()
+			podReadyStatus(corev1.ConditionFalse)(unready)
+			versions := []*corev1.Pod{unready, ready}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				d := m.Apply([]Change{upsert(versions[i%2])})
+				i++
+				if len(d.Upserts) != 1 {
+					b.Fatalf("a readiness flip pushed %d addresses, want 1", len(d.Upserts))
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("selector-moves-1000-pods/pods=%d", pods), func(b *testing.B) {
+			setup(b)
+			mover := in.Services[len(in.Services)-1]
+			versions := []*corev1.Service{mover.DeepCopy(), mover.DeepCopy()}
+			versions[0].Spec.Selector = map[string]string{"group": "b"}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				d := m.Apply([]Change{upsert(versions[i%2])})
+				i++
+				if len(d.Upserts) != 1000 {
+					b.Fatalf("a selector flip pushed %d addresses, want 1000", len(d.Upserts))
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("node-heartbeat/pods=%d", pods), func(b *testing.B) {
+			setup(b)
+			n := in.Nodes[0].DeepCopy()
+			b.ReportAllocs()
+			for b.Loop() {
+				n = n.DeepCopy()
+				n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, Reason: fmt.Sprint(b.N)}}
+				if d := m.Apply([]Change{upsert(n)}); len(d.Upserts) != 0 {
+					b.Fatalf("a heartbeat pushed %d addresses", len(d.Upserts))
+				}
+			}
+		})
+	}
+}

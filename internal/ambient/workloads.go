@@ -226,10 +226,7 @@ func podServices(in podInput) map[string]*workloadpb.PortList {
 	p := in.pod
 	var matched []*serviceInfo
 	selected := map[string]bool{}
-	for _, info := range in.idx.servicesByNamespace[p.Namespace] {
-		if !selects(info.selector, p.Labels) {
-			continue
-		}
+	for _, info := range in.idx.selectingServices(p) {
 		matched = append(matched, info)
 		selected[info.svc.Hostname] = true
 	}
