@@ -19,8 +19,15 @@
 //
 // Concurrency contract
 //
-//	Build is a pure function of (Config, Inputs). It may be called from any
-//	number of goroutines at once; it keeps no state between calls.
+//	Model is the incremental form: it holds the objects and the resources
+//	mapped from them, and Apply recomputes only what the changed objects
+//	touch (the dependency table is on Model). It is not safe for concurrent
+//	use; one goroutine (the model loop) owns it. Build is Model fed every
+//	object at once: a pure function of (Config, Inputs), callable from any
+//	number of goroutines. The per-object functions (podWorkload,
+//	serviceResource, endpointSliceWorkloads) only read the model's index,
+//	so a full Build and any sequence of Applys give the same resources
+//	byte for byte; TestModelRandomChangesMatchBuild holds that.
 //
 // Invariants
 //   - Same inputs, same output, byte for byte: addresses are sorted by

@@ -19,16 +19,20 @@
 // Concurrency contract: Index is safe for concurrent use by any number of
 // sources and readers. Every method takes one mutex for a short, bounded time
 // and never blocks on a channel while holding it: Changed is a capacity-1,
-// latest-wins signal sent without blocking. A receiver takes a fresh Snapshot
-// after each signal; one signal may stand for many changes. A FileSource does
+// latest-wins signal sent without blocking. After each signal the one
+// consumer (the model loop) calls TakeChanges, which returns every key whose
+// object in force changed since its previous call, once, with the current
+// object (nil when gone); one signal may stand for many changes. A FileSource does
 // all its work in the goroutine that calls Run; it never waits on a timer:
 // it drains the fsnotify events already queued, then reloads once.
 //
 // Invariants:
 //   - Each kind in a Snapshot is sorted by namespace, then name.
 //   - Changed fires only when the objects in force change: an update that is
-//     deep-equal to what is held (or, from a non-file source such as an
-//     informer, has the same resourceVersion and uid) does not signal.
+//     deep-equal to what is held apart from bookkeeping (resourceVersion,
+//     generation, managedFields), or, from a non-file source such as an
+//     informer, has the same resourceVersion and uid, does not signal and is
+//     not returned by TakeChanges.
 //   - Every object has one origin in force: a source, and for the file source
 //     a file. When two origins define the same object (kind, namespace,
 //     name), the first one seen stays in force and Errors reports the

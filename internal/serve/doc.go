@@ -8,7 +8,11 @@
 // nothing here reaches back from a stream into a source.
 //
 // Concurrency: Run starts one model goroutine, which is the only writer of
-// the xDS caches, plus the gRPC and HTTP servers. The model goroutine
-// recomputes on every index change signal; signals that arrive while it is
-// busy coalesce into one recompute (no debounce timer).
+// the xDS caches and the only reader of the index's changes, plus the gRPC
+// and HTTP servers. On every index change signal the model goroutine takes
+// the objects that changed (Index.TakeChanges), applies them to the
+// incremental ambient.Model, and hands the cache only the resources they
+// touched (Cache.Update). Signals that arrive while it is busy coalesce into
+// one batch (no debounce timer). Every grpc.Server carries xds.ServerCodec,
+// which lets streams share one encoding of a response.
 package serve

@@ -18,13 +18,28 @@
 //     stream never blocks Replace or another stream.
 //   - One goroutine owns each stream's state (subscriptions, cursors,
 //     nonces) and does all its sends; a second goroutine only receives
-//     requests into an unbounded queue, so the server never stops reading a
-//     client that is itself blocked writing to us.
+//     requests into a queue, so the server never stops reading a client
+//     that is itself blocked writing to us. The queue is bounded (Limits):
+//     a client that floods requests without reading has its stream closed
+//     with a status naming the limit, as does one that subscribes too many
+//     names, sends overlong names, or replies more often than it was sent
+//     responses. Other streams are unaffected.
+//   - Cache.Update takes upserts and deletes; Replace (a full set) is Update
+//     with the deletes worked out.
 //
 // Invariants:
 //   - A resource is marshaled once per version (deterministic encoding);
 //     its version is derived from those bytes only, and the same *anypb.Any
 //     is shared read-only by every response that carries that version.
+//   - A response is encoded once per (revision, cursor): every wildcard
+//     stream that starts from the same cursor (and a new wildcard stream
+//     that holds nothing) is sent the same bytes plus its own nonce, through
+//     ServerCodec. A change that reaches N streams costs one encode and N
+//     writes.
+//   - An on-demand request for a resource that others are members of (a
+//     Service: Resource.MemberOf of its workloads) is answered with the
+//     resource and its members, as istiod's lookup answers a Service, and
+//     the stream follows members that join later.
 //   - Per-stream memory does not grow with the number of resources for a
 //     wildcard subscription: a stream keeps a revision cursor into the
 //     cache's ordered change log, and a wake costs O(changes since the
