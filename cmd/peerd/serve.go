@@ -31,6 +31,7 @@ func newServeCommand() *cobra.Command {
 				return err
 			}
 			defer func() { _ = log.Sync() }()
+			serve.RouteKlog(log)
 			return serve.Run(cmd.Context(), opts, log)
 		},
 	}
@@ -47,6 +48,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&opts.Listen, "listen", opts.Listen, "TLS gRPC address for ztunnel and peers (empty: off)")
 	f.StringVar(&opts.PlaintextListen, "plaintext-listen", opts.PlaintextListen, "plaintext gRPC address with reflection, for grpcurl and local ztunnels (empty: off)")
 	f.StringVar(&opts.MonitoringListen, "monitoring-listen", opts.MonitoringListen, "HTTP address for /metrics, /healthz, /readyz and /debug/ (empty: off)")
+	f.BoolVar(&opts.DebugAllowRemote, "debug-allow-remote", opts.DebugAllowRemote, "serve /debug/ (mesh dumps and pprof) on the monitoring listener to every client, not only loopback ones")
 	f.StringSliceVar(&opts.ServerSANs, "server-san", nil, "DNS SAN of the TLS listener's certificate, repeatable (default peerd.<system-ns>.svc and istiod.<system-ns>.svc)")
 	f.DurationVar(&opts.MaxConnectionAge, "max-connection-age", opts.MaxConnectionAge, "close client connections after this long so clients rebalance across replicas (0: never)")
 	f.DurationVar(&opts.PeerStaleTTL, "peer-stale-ttl", opts.PeerStaleTTL, "how long a lost peer's services are kept, from the moment the link is lost (no effect until peering lands)")
