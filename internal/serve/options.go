@@ -24,6 +24,9 @@ type Options struct {
 	Listen           string
 	PlaintextListen  string
 	MonitoringListen string
+	// DebugAllowRemote serves /debug/ (mesh dumps, pprof) to every client of
+	// the monitoring listener, not only to loopback ones.
+	DebugAllowRemote bool
 	// ServerSANs are the DNS names on the TLS listener's certificate.
 	ServerSANs       []string
 	MaxConnectionAge time.Duration

@@ -76,7 +76,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	httpServer := &http.Server{Handler: monitoringHandler(reg, status, addresses), ReadHeaderTimeout: 10 * time.Second}
+	httpServer := &http.Server{Handler: monitoringHandler(reg, status, addresses, opts.DebugAllowRemote), ReadHeaderTimeout: 10 * time.Second}
 	if monitoring != nil {
 		log.Info("monitoring listening", zap.String("address", monitoring.Addr().String()))
 		go func() { errc <- serveHTTP(httpServer, monitoring) }()
