@@ -8,7 +8,6 @@ import (
 
 	"go.uber.org/zap"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
 	kubediscovery "k8s.io/client-go/discovery"
 	"k8s.io/client-go/informers"
@@ -251,11 +250,12 @@ func (s *KubeSource) upsert(obj any) {
 	}
 }
 
-// stripForIndex drops what peerd never reads and costs memory per object in
-// every informer store: managedFields is often larger than the object.
+// stripForIndex is the informers' transform: it runs before an object
+// enters the informer's store, so neither the store nor the Index ever holds
+// the fields peerd does not read.
 func stripForIndex(obj any) (any, error) {
-	if m, err := meta.Accessor(obj); err == nil {
-		m.SetManagedFields(nil)
+	if ro, ok := obj.(runtime.Object); ok {
+		return Strip(ro), nil
 	}
 	return obj, nil
 }
