@@ -51,6 +51,7 @@ func newServeCommand() *cobra.Command {
 	f.BoolVar(&opts.DebugAllowRemote, "debug-allow-remote", opts.DebugAllowRemote, "serve /debug/ (mesh dumps and pprof) on the monitoring listener to every client, not only loopback ones")
 	f.StringSliceVar(&opts.ServerSANs, "server-san", nil, "DNS SAN of the TLS listener's certificate, repeatable (default peerd.<system-ns>.svc and istiod.<system-ns>.svc)")
 	f.DurationVar(&opts.MaxConnectionAge, "max-connection-age", opts.MaxConnectionAge, "close client connections after this long so clients rebalance across replicas (0: never)")
+	f.DurationVar(&opts.DrainDuration, "drain-duration", opts.DrainDuration, "on SIGTERM, how long open streams get before peerd exits; their ends are spread over it so clients reconnect to other replicas gradually (0: end them all at once)")
 	f.DurationVar(&opts.PeerStaleTTL, "peer-stale-ttl", opts.PeerStaleTTL, "how long a lost peer's services are kept, from the moment the link is lost (no effect until peering lands)")
 	f.DurationVar(&opts.PeerSyncTimeout, "peer-sync-timeout", opts.PeerSyncTimeout, "how long /readyz waits for peer links that have not synced (no effect until peering lands)")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")

@@ -23,8 +23,9 @@ const authorizationGap = "authorization: no policy source yet; ztunnels receive 
 
 // status is what /readyz reports.
 type status struct {
-	index   *discovery.Index
-	serving atomic.Bool
+	index    *discovery.Index
+	serving  atomic.Bool
+	draining atomic.Bool
 }
 
 func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
@@ -37,10 +38,17 @@ func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
 
 func (s *status) setServing() { s.serving.Store(true) }
 
+// setDraining makes /readyz fail for good: peerd is shutting down.
+func (s *status) setDraining() { s.draining.Store(true) }
+
 // readiness returns whether peerd is ready and the lines that explain it.
 func (s *status) readiness() (bool, []string) {
 	var lines []string
 	ready := true
+	if s.draining.Load() {
+		ready = false
+		lines = append(lines, "draining: shutting down; streams are being ended so that clients move to other replicas")
+	}
 	if s.index.Synced() {
 		lines = append(lines, "sources: synced")
 	} else {

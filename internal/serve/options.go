@@ -6,6 +6,13 @@ import (
 	"time"
 )
 
+// defaultDrainDuration spreads the reconnects of every ztunnel of a replica
+// over 5s: the remaining replicas serve those full initial syncs at a fifth
+// of the rate they would arrive at all at once, and the endpoints controller
+// has time to take this pod out of the Service (readiness fails first), while
+// the whole stop stays far inside Kubernetes' default 30s grace period.
+const defaultDrainDuration = 5 * time.Second
+
 // Options are the `peerd serve` settings. Field names follow the flags.
 type Options struct {
 	ClusterName     string
@@ -30,8 +37,11 @@ type Options struct {
 	// ServerSANs are the DNS names on the TLS listener's certificate.
 	ServerSANs       []string
 	MaxConnectionAge time.Duration
-	PeerStaleTTL     time.Duration
-	PeerSyncTimeout  time.Duration
+	// DrainDuration is how long, after SIGTERM, open streams are given
+	// before peerd exits; their ends are spread over it.
+	DrainDuration   time.Duration
+	PeerStaleTTL    time.Duration
+	PeerSyncTimeout time.Duration
 }
 
 // DefaultOptions returns the defaults the design promises.
@@ -44,6 +54,7 @@ func DefaultOptions() Options {
 		Listen:           ":15012",
 		MonitoringListen: ":15014",
 		MaxConnectionAge: 30 * time.Minute,
+		DrainDuration:    defaultDrainDuration,
 		PeerStaleTTL:     10 * time.Minute,
 		PeerSyncTimeout:  30 * time.Second,
 	}
@@ -71,6 +82,9 @@ func (o Options) Validate() error {
 	}
 	if o.Listen == "" && o.PlaintextListen == "" {
 		errs = append(errs, errors.New("no gRPC listener: set --listen (TLS) or --plaintext-listen"))
+	}
+	if o.DrainDuration < 0 {
+		errs = append(errs, fmt.Errorf("--drain-duration %v: must not be negative", o.DrainDuration))
 	}
 	if o.MaxConnectionAge < 0 {
 		errs = append(errs, fmt.Errorf("--max-connection-age %v: must not be negative", o.MaxConnectionAge))
