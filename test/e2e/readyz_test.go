@@ -186,4 +186,3 @@ func writeKubeconfig(t *testing.T, server string) string {
 	}
 	return path
 }
-
