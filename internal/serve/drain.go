@@ -32,12 +32,10 @@ type drainer struct {
 	mu       sync.Mutex
 	streams  map[*context.CancelCauseFunc]struct{}
 	draining bool
-	// idle is closed when draining and no stream is left.
-	idle chan struct{}
 }
 
 func newDrainer() *drainer {
-	return &drainer{streams: map[*context.CancelCauseFunc]struct{}{}, idle: make(chan struct{})}
+	return &drainer{streams: map[*context.CancelCauseFunc]struct{}{}}
 }
 
 // interceptor runs every stream handler with a context the drain can cancel.
@@ -71,26 +69,14 @@ func (d *drainer) remove(cancel *context.CancelCauseFunc) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	delete(d.streams, cancel)
-	if d.draining && len(d.streams) == 0 {
-		select {
-		case <-d.idle:
-		default:
-			close(d.idle)
-		}
-	}
 }
 
 // drain schedules the end of every open stream at a uniformly random moment
 // within window (at once when window is 0) and returns how many there were.
-// allEnded is closed once they are all gone.
 func (d *drainer) drain(window time.Duration) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.draining = true
-	if len(d.streams) == 0 {
-		close(d.idle)
-		return 0
-	}
 	for cancel := range d.streams {
 		var delay time.Duration
 		if window > 0 {
@@ -101,13 +87,12 @@ func (d *drainer) drain(window time.Duration) int {
 	return len(d.streams)
 }
 
+// open is the number of streams not ended yet.
 func (d *drainer) open() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return len(d.streams)
 }
-
-func (d *drainer) allEnded() <-chan struct{} { return d.idle }
 
 // drainStream gives the handler the drainable context.
 type drainStream struct {
