@@ -224,18 +224,17 @@ func (s *KubeSource) trackListWatch(ctx context.Context, resource, verb string, 
 
 // watchFailed is the informers' watch error handler: the reflector calls it
 // whenever a list or watch ends with an error, then retries with backoff.
-// A watch that expired or closed is routine. Other errors are logged; the
-// Index already holds the failed call's explanation, except for an error
-// event inside an open watch, which is recorded here.
+// It replaces client-go's default, which logs through klog. A watch that
+// expired or closed is routine; other errors are logged. It records nothing:
+// the failed call has already put its explanation, with the right verb, in
+// the Index (an error event inside an open watch ends it, and the call that
+// follows reports).
 func (s *KubeSource) watchFailed(ctx context.Context, resource string, err error) {
 	if ctx.Err() != nil || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
 		return
 	}
 	s.log.Warn("list/watch failed; retrying with backoff", zap.String("resource", resource), zap.Error(err))
-	if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) || isUnreachable(err) {
-		s.idx.SetError(KubeSourceName, resource, explainAPIError(resource, "watch", err))
-	}
 }
 
 // explainAPIError says why a call to the API server failed in the terms an
@@ -251,7 +250,7 @@ func explainAPIError(resource, verb string, err error) error {
 			"when it tried to %s %s: %w", resource, verb, resource, err)
 	case isUnreachable(err):
 		return fmt.Errorf("kubernetes source: %s: unreachable: cannot %s %s, the API server cannot be reached "+
-			"(connection or TLS failure); the last good objects are kept: %w", resource, verb, resource, err)
+			"(connection or TLS failure): %w", resource, verb, resource, err)
 	default:
 		return fmt.Errorf("kubernetes source: %s: %s failed: %w", resource, verb, err)
 	}

@@ -81,6 +81,7 @@ func TestReadyzNamesTheKindRBACForbids(t *testing.T) {
 
 	p := startPeerd(t, peerdOptions{NoWait: true, Args: []string{"--cluster-name", cluster, "--kubeconfig", kubeconfig}})
 	body := waitReadyz(t, p, waitTimeout, http.StatusServiceUnavailable, "pods: forbidden", "list pods", "sources: not synced yet")
+	t.Logf("/readyz while pods are forbidden:\n%s", body)
 	for _, allowed := range []string{"nodes:", "services:", "namespaces:", "endpointslices:", "gateways:"} {
 		if strings.Contains(body, allowed) {
 			t.Errorf("/readyz reports a problem with a resource peerd may read (%s):\n%s", allowed, body)
@@ -132,7 +133,8 @@ func TestReadyzSaysTheAPIServerWentAway(t *testing.T) {
 	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
 	p := startPeerd(t, peerdOptions{Args: []string{"--cluster-name", cluster, "--kubeconfig", kube.Kubeconfig}})
 	kube.StopAPIServer()
-	waitReadyz(t, p, readyzRecovery, http.StatusOK, "pods: unreachable", "connection refused")
+	body := waitReadyz(t, p, readyzRecovery, http.StatusOK, "pods: unreachable", "connection refused")
+	t.Logf("/readyz after the API server went away:\n%s", body)
 	checkStructuredLogs(t, p.Logs())
 }
 
