@@ -31,6 +31,7 @@ func newServeCommand() *cobra.Command {
 				return err
 			}
 			defer func() { _ = log.Sync() }()
+			serve.RouteKlog(log)
 			return serve.Run(cmd.Context(), opts, log)
 		},
 	}
@@ -47,9 +48,11 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&opts.Listen, "listen", opts.Listen, "TLS gRPC address for ztunnel and peers (empty: off)")
 	f.StringVar(&opts.PlaintextListen, "plaintext-listen", opts.PlaintextListen, "plaintext gRPC address with reflection, for grpcurl and local ztunnels (empty: off)")
 	f.StringVar(&opts.MonitoringListen, "monitoring-listen", opts.MonitoringListen, "HTTP address for /metrics, /healthz, /readyz and /debug/ (empty: off)")
+	f.BoolVar(&opts.DebugAllowRemote, "debug-allow-remote", opts.DebugAllowRemote, "serve /debug/ (mesh dumps and pprof) on the monitoring listener to every client, not only loopback ones")
 	f.StringSliceVar(&opts.ServerSANs, "server-san", nil, "DNS SAN of the TLS listener's certificate, repeatable (default peerd.<system-ns>.svc and istiod.<system-ns>.svc)")
 	f.DurationVar(&opts.MaxConnectionAge, "max-connection-age", opts.MaxConnectionAge, "close client connections after this long so clients rebalance across replicas (0: never)")
 	f.Uint32Var(&opts.MaxStreamsPerConnection, "max-streams-per-connection", opts.MaxStreamsPerConnection, "concurrent gRPC streams one client connection may open (ztunnel and peers use one)")
+	f.DurationVar(&opts.DrainDuration, "drain-duration", opts.DrainDuration, "on SIGTERM, how long open streams get before peerd exits; their ends are spread over it so clients reconnect to other replicas gradually (0: end them all at once)")
 	f.DurationVar(&opts.PeerStaleTTL, "peer-stale-ttl", opts.PeerStaleTTL, "how long a lost peer's services are kept, from the moment the link is lost (no effect until peering lands)")
 	f.DurationVar(&opts.PeerSyncTimeout, "peer-sync-timeout", opts.PeerSyncTimeout, "how long /readyz waits for peer links that have not synced (no effect until peering lands)")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")

@@ -9,8 +9,8 @@
 //
 // What it must never do: derive anything. Mapping objects to WDS resources is
 // internal/ambient's job; discovery stores objects as the sources give them
-// (plus, for files, what an API server would have set on create) and says
-// that something changed. It never mutates an object after handing it to the
+// (plus, for files, what an API server would have set on create; the
+// informers keep only the fields Strip keeps) and says that something changed. It never mutates an object after handing it to the
 // Index, and callers must not mutate what Snapshot returns. The file source
 // never invents what a cluster would allocate (cluster IPs, node ports): a
 // non-headless Service without spec.clusterIP is an error. Where a cluster's

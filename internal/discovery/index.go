@@ -325,6 +325,8 @@ func (x *Index) DeleteKey(source string, key Key) {
 // If objs holds the same object twice nothing changes and an error naming
 // the object is returned. Objects also defined by another origin stay with
 // whichever origin was first; Errors reports the conflict.
+// The index keeps Strip(obj) of each object, so objs must not be modified
+// afterwards.
 func (x *Index) ReplaceFile(source, file string, objs []runtime.Object) error {
 	keys := make([]Key, 0, len(objs))
 	seen := make(map[Key]bool, len(objs))
@@ -349,7 +351,9 @@ func (x *Index) ReplaceFile(source, file string, objs []runtime.Object) error {
 		}
 	}
 	for i, obj := range objs {
-		if x.putLocked(keys[i], from, obj) {
+		// Keep only what the model reads, as the informers' transform does,
+		// so that a file edit of a field the model ignores changes nothing.
+		if x.putLocked(keys[i], from, Strip(obj)) {
 			x.notifyLocked(keys[i])
 		}
 	}

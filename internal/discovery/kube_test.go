@@ -2,9 +2,16 @@ package discovery
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -286,10 +293,18 @@ func TestKubeSourceGatewayCRDInstalledLater(t *testing.T) {
 	if n := len(fc.idx.Snapshot().Gateways); n != 0 {
 		t.Fatalf("%d gateways before the CRD is installed", n)
 	}
+	if !slices.ContainsFunc(fc.idx.Errors(), func(err error) bool {
+		return strings.Contains(err.Error(), "gateways: the Gateway API CRD is not installed")
+	}) {
+		t.Errorf("the missing CRD is not among the index errors: %v", fc.idx.Errors())
+	}
 	installed.Store(true)
 	waitFor(t, fc.idx, "gateway istio-system/eastwest after the CRD appeared", func(o Objects) bool { return len(o.Gateways) == 1 })
 	if !fc.idx.Synced() {
 		t.Error("index not synced")
+	}
+	if errs := fc.idx.Errors(); len(errs) != 0 {
+		t.Errorf("errors left after the CRD appeared: %v", errs)
 	}
 }
 
@@ -348,5 +363,94 @@ func waitLog(t *testing.T, logs *observer.ObservedLogs, snippet string) {
 			t.Fatalf("no log entry containing %q", snippet)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestKubeSourceReportsWhyItIsNotSynced: while the API server refuses to
+// list a resource, the Index holds an error naming the resource, the verb
+// and the reason, and the source is not synced; once the list succeeds the
+// error is gone and the source syncs.
+func TestKubeSourceReportsWhyItIsNotSynced(t *testing.T) {
+	kube, gw := allKinds()
+	fc := newFakeCluster(t, true, kube, gw)
+	var deny atomic.Bool
+	deny.Store(true)
+	fc.kube.PrependReactor("list", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if deny.Load() {
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "",
+				errors.New(`User "peerd" cannot list resource "pods" in API group "" at the cluster scope`))
+		}
+		return false, nil, nil
+	})
+	fc.run(t)
+
+	podsError := func() string {
+		for _, err := range fc.idx.Errors() {
+			if strings.Contains(err.Error(), "kubernetes source: pods:") {
+				return err.Error()
+			}
+		}
+		return ""
+	}
+	pollUntil(t, "an error about pods in the index", func() bool { return podsError() != "" })
+	for _, want := range []string{"forbidden", "list pods", "cannot list resource"} {
+		if msg := podsError(); !strings.Contains(msg, want) {
+			t.Errorf("pods error %q does not say %q", msg, want)
+		}
+	}
+	if fc.idx.Synced() {
+		t.Error("synced while pods cannot be listed")
+	}
+	if n := fc.logs.FilterMessageSnippet("list/watch failed").FilterField(zap.String("resource", "pods")).Len(); n == 0 {
+		t.Errorf("the failure was not logged through zap: %v", fc.logs.All())
+	}
+
+	deny.Store(false)
+	fc.waitSynced(t)
+	if msg := podsError(); msg != "" {
+		t.Errorf("still reported after pods could be listed: %s", msg)
+	}
+}
+
+func TestExplainAPIError(t *testing.T) {
+	refused := &url.Error{Op: "Get", URL: "https://127.0.0.1:6443/api/v1/pods", Err: &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}}
+	badCert := &url.Error{Op: "Get", URL: "https://127.0.0.1:6443/api/v1/pods", Err: x509.UnknownAuthorityError{}}
+	tests := []struct {
+		name string
+		err  error
+		want []string
+	}{
+		{"forbidden", apierrors.NewForbidden(schema.GroupResource{Resource: "nodes"}, "", errors.New("RBAC")), []string{"nodes: forbidden", "peerd watch nodes", "grant get, list and watch on nodes"}},
+		{"unauthorized", apierrors.NewUnauthorized("token expired"), []string{"nodes: unauthorized", "credentials", "token expired"}},
+		{"connection refused", refused, []string{"nodes: unreachable", "connection refused"}},
+		{"unknown certificate authority", badCert, []string{"nodes: unreachable", "TLS", "certificate signed by unknown authority"}},
+		{"wrapped by the reflector", fmt.Errorf("failed to list *v1.Node: %w", refused), []string{"nodes: unreachable"}},
+		{"anything else", apierrors.NewInternalError(errors.New("etcd down")), []string{"nodes: watch failed", "etcd down"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := explainAPIError("nodes", "watch", tc.err)
+			for _, w := range tc.want {
+				if !strings.Contains(got.Error(), w) {
+					t.Errorf("%q does not contain %q", got, w)
+				}
+			}
+			if !errors.Is(got, tc.err) {
+				t.Errorf("%q does not wrap the original error", got)
+			}
+		})
+	}
+}
+
+// pollUntil polls cond (state with no change signal, such as Index errors)
+// until it holds, failing after kubeTestTimeout.
+func pollUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(kubeTestTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

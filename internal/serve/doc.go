@@ -15,4 +15,15 @@
 // touched (Cache.Update). Signals that arrive while it is busy coalesce into
 // one batch (no debounce timer). Every grpc.Server carries xds.ServerCodec,
 // which lets streams share one encoding of a response.
+//
+// Shutdown (SIGTERM or a failure) is graceful: /readyz fails at once, the
+// gRPC servers send GOAWAY and stop accepting, and every open stream is ended
+// with status UNAVAILABLE at a random moment within --drain-duration (a
+// stream interceptor owns a cancellable context per stream), so clients
+// reconnect to other replicas spread over that window. Sources and the model
+// keep running until the streams are gone; connections still open after the
+// window and a short grace are closed hard.
+//
+// Monitoring: /metrics, /healthz and /readyz answer every client; /debug/
+// (mesh dumps, pprof) answers only loopback peers unless --debug-allow-remote.
 package serve

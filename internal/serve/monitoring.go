@@ -3,7 +3,9 @@ package serve
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync/atomic"
 
@@ -21,8 +23,9 @@ const authorizationGap = "authorization: no policy source yet; ztunnels receive 
 
 // status is what /readyz reports.
 type status struct {
-	index   *discovery.Index
-	serving atomic.Bool
+	index    *discovery.Index
+	serving  atomic.Bool
+	draining atomic.Bool
 	// rejected lists resources that cannot be encoded (nil: none known).
 	rejected func() []error
 }
@@ -37,10 +40,17 @@ func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
 
 func (s *status) setServing() { s.serving.Store(true) }
 
+// setDraining makes /readyz fail for good: peerd is shutting down.
+func (s *status) setDraining() { s.draining.Store(true) }
+
 // readiness returns whether peerd is ready and the lines that explain it.
 func (s *status) readiness() (bool, []string) {
 	var lines []string
 	ready := true
+	if s.draining.Load() {
+		ready = false
+		lines = append(lines, "draining: shutting down; streams are being ended so that clients move to other replicas")
+	}
 	if s.index.Synced() {
 		lines = append(lines, "sources: synced")
 	} else {
@@ -65,8 +75,27 @@ func (s *status) readiness() (bool, []string) {
 	return ready, lines
 }
 
-func monitoringHandler(reg *prometheus.Registry, st *status, addresses *xds.Cache) http.Handler {
+// monitoringHandler serves what Prometheus and the kubelet probe on every
+// address, and the /debug/ tree (mesh dumps and pprof) only to loopback
+// clients unless allowRemoteDebug: those hand out every address, identity
+// and node of the mesh, and profiles of the process.
+func monitoringHandler(reg *prometheus.Registry, st *status, addresses *xds.Cache, allowRemoteDebug bool) http.Handler {
+	debug := http.NewServeMux()
+	debug.HandleFunc("/debug/addresses", func(w http.ResponseWriter, _ *http.Request) {
+		writeAddresses(w, addresses)
+	})
+	debug.HandleFunc("/debug/pprof/", pprof.Index)
+	debug.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	debug.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	debug.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	debug.HandleFunc("/debug/pprof/trace", pprof.Trace)
+
 	mux := http.NewServeMux()
+	if allowRemoteDebug {
+		mux.Handle("/debug/", debug)
+	} else {
+		mux.Handle("/debug/", loopbackOnly(debug))
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
@@ -78,10 +107,35 @@ func monitoringHandler(reg *prometheus.Registry, st *status, addresses *xds.Cach
 		}
 		fmt.Fprintln(w, strings.Join(lines, "\n"))
 	})
-	mux.HandleFunc("/debug/addresses", func(w http.ResponseWriter, _ *http.Request) {
-		writeAddresses(w, addresses)
-	})
 	return mux
+}
+
+// debugRefused is the answer to a non-loopback client of /debug/.
+const debugRefused = "403 forbidden: /debug/ (mesh dumps and pprof) answers only loopback clients, " +
+	"for example through `kubectl port-forward` or from inside the pod; " +
+	"start peerd with --debug-allow-remote to serve it to every client that reaches the monitoring port"
+
+// loopbackOnly lets h answer only requests whose TCP peer is a loopback
+// address. The peer address is the connection's, never a forwarding header a
+// client could write itself. kubectl port-forward connects from the pod's own
+// loopback, so it keeps working.
+func loopbackOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !isLoopbackPeer(r.RemoteAddr) {
+			http.Error(w, debugRefused, http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func isLoopbackPeer(remoteAddr string) bool {
+	host, _, err := net.SplitHostPort(remoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // writeAddresses writes the Address resources a wildcard client would hold,

@@ -6,6 +6,13 @@ import (
 	"time"
 )
 
+// defaultDrainDuration spreads the reconnects of every ztunnel of a replica
+// over 5s: the remaining replicas serve those full initial syncs at a fifth
+// of the rate they would arrive at all at once, and the endpoints controller
+// has time to take this pod out of the Service (readiness fails first), while
+// the whole stop stays far inside Kubernetes' default 30s grace period.
+const defaultDrainDuration = 5 * time.Second
+
 // Options are the `peerd serve` settings. Field names follow the flags.
 type Options struct {
 	ClusterName     string
@@ -24,13 +31,19 @@ type Options struct {
 	Listen           string
 	PlaintextListen  string
 	MonitoringListen string
+	// DebugAllowRemote serves /debug/ (mesh dumps, pprof) to every client of
+	// the monitoring listener, not only to loopback ones.
+	DebugAllowRemote bool
 	// ServerSANs are the DNS names on the TLS listener's certificate.
 	ServerSANs       []string
 	MaxConnectionAge time.Duration
 	// MaxStreamsPerConnection caps concurrent streams per client connection.
 	MaxStreamsPerConnection uint32
-	PeerStaleTTL            time.Duration
-	PeerSyncTimeout         time.Duration
+	// DrainDuration is how long, after SIGTERM, open streams are given
+	// before peerd exits; their ends are spread over it.
+	DrainDuration   time.Duration
+	PeerStaleTTL    time.Duration
+	PeerSyncTimeout time.Duration
 }
 
 // DefaultOptions returns the defaults the design promises.
@@ -46,6 +59,7 @@ func DefaultOptions() Options {
 		// ztunnel and peer links open one stream per connection; the cap
 		// stops one connection from holding thousands.
 		MaxStreamsPerConnection: 100,
+		DrainDuration:           defaultDrainDuration,
 		PeerStaleTTL:            10 * time.Minute,
 		PeerSyncTimeout:         30 * time.Second,
 	}
@@ -76,6 +90,9 @@ func (o Options) Validate() error {
 	}
 	if o.MaxStreamsPerConnection == 0 {
 		errs = append(errs, errors.New("--max-streams-per-connection 0: no client could open a stream"))
+	}
+	if o.DrainDuration < 0 {
+		errs = append(errs, fmt.Errorf("--drain-duration %v: must not be negative", o.DrainDuration))
 	}
 	if o.MaxConnectionAge < 0 {
 		errs = append(errs, fmt.Errorf("--max-connection-age %v: must not be negative", o.MaxConnectionAge))

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,8 +42,12 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	if err := opts.Validate(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
+	// Sources and the model outlive the signal: while streams drain they
+	// keep getting updates. A signal before serving starts aborts start-up.
+	signalled := ctx
+	ctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
+	stopStartup := context.AfterFunc(signalled, cancel)
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -77,7 +82,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	httpServer := &http.Server{Handler: monitoringHandler(reg, status, addresses), ReadHeaderTimeout: 10 * time.Second}
+	httpServer := &http.Server{Handler: monitoringHandler(reg, status, addresses, opts.DebugAllowRemote), ReadHeaderTimeout: 10 * time.Second}
 	if monitoring != nil {
 		log.Info("monitoring listening", zap.String("address", monitoring.Addr().String()))
 		go func() { errc <- serveHTTP(httpServer, monitoring) }()
@@ -101,6 +106,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	log.Info("sources synced; first model built", zap.Int("addresses", addresses.Len()))
 
 	xdsServer := xds.NewServer(xds.ServerOptions{Logger: log, Registerer: reg}, addresses, authorizations)
+	drain := newDrainer()
 	var grpcServers []*grpc.Server
 	for _, l := range []struct {
 		flag, address string
@@ -116,7 +122,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 		if lis == nil {
 			continue
 		}
-		g := newGRPCServer(opts, l.creds)
+		g := newGRPCServer(opts, l.creds, drain)
 		xdsServer.Register(g)
 		if l.creds == nil {
 			reflection.Register(g)
@@ -126,28 +132,72 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 		go func() { errc <- g.Serve(lis) }()
 	}
 	status.setServing()
+	stopStartup()
 
 	select {
-	case <-ctx.Done():
+	case <-signalled.Done():
+		log.Info("shutting down", zap.NamedError("cause", context.Cause(signalled)))
 	case err = <-errc:
+		log.Error("shutting down after a failure", zap.Error(err))
 	}
-	for _, g := range grpcServers {
-		g.Stop()
-	}
+	gracefulStop(status, grpcServers, drain, opts.DrainDuration, log)
 	shutdownCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
 	defer stop()
 	_ = httpServer.Shutdown(shutdownCtx)
 	return err
 }
 
+// stopGrace is how long gracefulStop waits, after the drain window, for
+// handlers to return before it closes the connections: a handler blocked
+// sending to a client that stopped reading notices its cancelled context
+// only when the send completes.
+const stopGrace = 2 * time.Second
+
+// gracefulStop takes peerd out of service in steps an operator can follow in
+// the log: /readyz fails (so the endpoints controller stops sending new
+// clients here), the gRPC servers send GOAWAY and stop accepting, the open
+// streams are ended with a clean Unavailable status spread over the drain
+// window (each ztunnel reconnects to another replica), and whatever is left
+// after the window and stopGrace is closed hard.
+func gracefulStop(st *status, servers []*grpc.Server, drain *drainer, window time.Duration, log *zap.Logger) {
+	st.setDraining()
+	log.Info("draining: /readyz fails from now on")
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		var wg sync.WaitGroup
+		for _, g := range servers {
+			wg.Go(g.GracefulStop)
+		}
+		wg.Wait()
+	}()
+	n := drain.drain(window)
+	log.Info("draining: GOAWAY sent, listeners closed; ending open streams with status UNAVAILABLE spread over the drain window",
+		zap.Int("streams", n), zap.Duration("drain_duration", window))
+	timer := time.NewTimer(window + stopGrace)
+	defer timer.Stop()
+	select {
+	case <-stopped:
+		log.Info("drained: every stream ended")
+		return
+	case <-timer.C:
+	}
+	log.Warn("drain window over: closing the remaining connections", zap.Int("streams", drain.open()))
+	for _, g := range servers {
+		g.Stop()
+	}
+	<-stopped
+}
+
 // newGRPCServer applies the settings every listener shares. MaxConnectionAge
 // makes clients reconnect now and then, so they spread over replicas that
 // came up after them.
-func newGRPCServer(opts Options, creds credentials.TransportCredentials) *grpc.Server {
+func newGRPCServer(opts Options, creds credentials.TransportCredentials, drain *drainer) *grpc.Server {
 	serverOpts := []grpc.ServerOption{
 		xds.ServerCodec(),
 		grpc.MaxRecvMsgSize(16 << 20),
 		grpc.MaxConcurrentStreams(opts.MaxStreamsPerConnection),
+		grpc.ChainStreamInterceptor(drain.interceptor),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 15 * time.Second, PermitWithoutStream: true}),
 	}
 	if opts.MaxConnectionAge > 0 {

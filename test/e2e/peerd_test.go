@@ -88,6 +88,10 @@ type peerdOptions struct {
 	Args []string
 	// PlaintextAddr reuses a given address (to restart on the same port).
 	PlaintextAddr string
+	// MonitoringListen replaces the loopback monitoring address (for
+	// example to listen on every interface); MonitoringAddr is then where
+	// the test reaches it.
+	MonitoringListen, MonitoringAddr string
 	// NoWait returns without waiting for /readyz.
 	NoWait bool
 }
@@ -105,11 +109,15 @@ func startPeerd(t *testing.T, o peerdOptions) *peerdProcess {
 	if p.PlaintextAddr == "" {
 		p.PlaintextAddr = freePort(t)
 	}
+	monitoringListen := p.MonitoringAddr
+	if o.MonitoringListen != "" {
+		monitoringListen, p.MonitoringAddr = o.MonitoringListen, o.MonitoringAddr
+	}
 	args := append([]string{"serve"}, o.Args...)
 	if !hasFlag(o.Args, "--listen") {
 		args = append(args, "--listen=")
 	}
-	args = append(args, "--plaintext-listen", p.PlaintextAddr, "--monitoring-listen", p.MonitoringAddr)
+	args = append(args, "--plaintext-listen", p.PlaintextAddr, "--monitoring-listen", monitoringListen)
 	p.cmd = exec.Command(peerdBinary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
@@ -178,7 +186,12 @@ func (p *peerdProcess) waitReady(t *testing.T) {
 
 // get fetches a monitoring path.
 func (p *peerdProcess) get(path string) (int, string) {
-	resp, err := http.Get("http://" + p.MonitoringAddr + path)
+	return p.getAt(p.MonitoringAddr, path)
+}
+
+// getAt fetches a monitoring path through another address of the listener.
+func (p *peerdProcess) getAt(addr, path string) (int, string) {
+	resp, err := http.Get("http://" + addr + path)
 	if err != nil {
 		return 0, err.Error()
 	}

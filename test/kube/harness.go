@@ -265,6 +265,33 @@ func writeKubeconfig(dir, server string, creds *credentials) (string, error) {
 	return path, nil
 }
 
+// KubeconfigForToken writes a kubeconfig for this cluster that
+// authenticates with token (for example a service account's, to run a binary
+// under that account's RBAC) and returns its path.
+func (c *Cluster) KubeconfigForToken(name, token string) (string, error) {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["harness"] = &clientcmdapi.Cluster{Server: c.Config.Host, CertificateAuthorityData: c.Config.CAData}
+	cfg.AuthInfos[name] = &clientcmdapi.AuthInfo{Token: token}
+	cfg.Contexts["harness"] = &clientcmdapi.Context{Cluster: "harness", AuthInfo: name}
+	cfg.CurrentContext = "harness"
+	path := filepath.Join(c.Dir, "kubeconfig-"+name)
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		return "", err
+	}
+	return path, nil
+}
+
+// StopAPIServer ends kube-apiserver (etcd keeps running), as when the
+// control plane goes away under its clients. The cluster cannot be used
+// afterwards.
+func (c *Cluster) StopAPIServer() {
+	for _, p := range c.procs {
+		if p.name == "kube-apiserver" {
+			p.terminate(10 * time.Second)
+		}
+	}
+}
+
 // process is one child with its combined output in a log file.
 type process struct {
 	name    string

@@ -1,0 +1,66 @@
+package serve
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/peerd-mesh/peerd/internal/discovery"
+	"github.com/peerd-mesh/peerd/internal/xds"
+)
+
+// TestMonitoringDebugIsLoopbackOnly: probes and metrics answer everyone; the
+// mesh dumps and pprof answer only loopback peers unless remote debugging is
+// allowed, and a refused client learns how to get in.
+func TestMonitoringDebugIsLoopbackOnly(t *testing.T) {
+	const (
+		remote    = "10.1.2.3:40000"
+		loopback4 = "127.0.0.1:40000"
+		loopback6 = "[::1]:40000"
+	)
+	tests := []struct {
+		name        string
+		path        string
+		peer        string
+		allowRemote bool
+		wantCode    int
+		wantBody    string
+	}{
+		{"metrics from remote", "/metrics", remote, false, http.StatusOK, "go_goroutines"},
+		{"healthz from remote", "/healthz", remote, false, http.StatusOK, "ok"},
+		{"readyz from remote", "/readyz", remote, false, http.StatusServiceUnavailable, "sources: not synced yet"},
+		{"addresses from remote refused", "/debug/addresses", remote, false, http.StatusForbidden, "--debug-allow-remote"},
+		{"pprof from remote refused", "/debug/pprof/", remote, false, http.StatusForbidden, "--debug-allow-remote"},
+		{"pprof heap from remote refused", "/debug/pprof/heap?debug=1", remote, false, http.StatusForbidden, "loopback"},
+		{"addresses from IPv4 loopback", "/debug/addresses", loopback4, false, http.StatusOK, "["},
+		{"pprof from IPv6 loopback", "/debug/pprof/", loopback6, false, http.StatusOK, "goroutine"},
+		{"pprof heap from loopback", "/debug/pprof/heap?debug=1", loopback4, false, http.StatusOK, "heap profile"},
+		{"addresses from remote when allowed", "/debug/addresses", remote, true, http.StatusOK, "["},
+		{"pprof from remote when allowed", "/debug/pprof/", remote, true, http.StatusOK, "goroutine"},
+		{"unparsable peer refused", "/debug/addresses", "not-an-address", false, http.StatusForbidden, "--debug-allow-remote"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			reg.MustRegister(prometheus.NewGoCollector())
+			h := monitoringHandler(reg, newStatus(discovery.NewIndex(), reg), xds.NewCache(xds.AddressTypeURL), tc.allowRemote)
+			req := httptest.NewRequest(http.MethodGet, tc.path, nil)
+			req.RemoteAddr = tc.peer
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tc.wantCode || !strings.Contains(rec.Body.String(), tc.wantBody) {
+				t.Fatalf("GET %s from %s: %d %q, want %d containing %q", tc.path, tc.peer, rec.Code, truncate(rec.Body.String()), tc.wantCode, tc.wantBody)
+			}
+		})
+	}
+}
+
+func truncate(s string) string {
+	if len(s) > 200 {
+		return s[:200] + "..."
+	}
+	return s
+}
