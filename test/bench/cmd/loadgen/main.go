@@ -99,9 +99,12 @@ func run() error {
 
 	dir := *workDir
 	if dir == "" {
-		if dir, err = os.MkdirTemp("", "peerd-bench-e2e-"); err != nil {
-			return err
-		}
+		dir, err = os.MkdirTemp("", "peerd-bench-e2e-")
+	} else {
+		err = os.MkdirAll(dir, 0o755)
+	}
+	if err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
