@@ -44,6 +44,8 @@ func ms(d time.Duration) string {
 	}
 	v := float64(d) / float64(time.Millisecond)
 	switch {
+	case v >= 10000:
+		return fmt.Sprintf("%.0f s", v/1000)
 	case v >= 100:
 		return fmt.Sprintf("%.0f ms", v)
 	case v >= 10:
