@@ -32,6 +32,8 @@ var Scenarios = []string{ScenarioPod, ScenarioSelector, ScenarioNodeHeartbeat, S
 type Target struct {
 	Name   string // how results name it: "peerd", "baseline"
 	Binary string
+	// Args come before the common flags ("serve" for peerd).
+	Args []string
 }
 
 // Options of one harness run.
@@ -119,7 +121,7 @@ func runTarget(ctx context.Context, o Options, t Target, c Cluster, clients int)
 	if err := c.Write(dir); err != nil {
 		return fail(err)
 	}
-	srv, err := StartServer(t.Name, t.Binary, c.Name, dir, o.WorkDir)
+	srv, err := StartServer(t, c.Name, dir, o.WorkDir)
 	if err != nil {
 		return fail(err)
 	}
@@ -182,7 +184,7 @@ func (s *session) run(ctx context.Context, scenario string) Result {
 			r.Err = fmt.Errorf("%s change %d: %w", scenario, k+1, err)
 			return r
 		}
-		if f > 0 {
+		if f > 0 { // steps that should change no resource measure no latency
 			first, last = append(first, f), append(last, l)
 		}
 		if _, err := s.srv.Quiesce(s.o.Settle, 10*time.Second); err != nil {

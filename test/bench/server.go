@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -35,9 +36,9 @@ type Server struct {
 	waitErr error
 }
 
-// StartServer runs binary (peerd or the baseline: both take these flags) on
-// configDir. Its output goes to a log file in workDir.
-func StartServer(name, binary, clusterName, configDir, workDir string) (*Server, error) {
+// StartServer runs the target (peerd or the baseline: both take these
+// flags) on configDir. Its output goes to a log file in workDir.
+func StartServer(t Target, clusterName, configDir, workDir string) (*Server, error) {
 	xdsAddr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -46,21 +47,19 @@ func StartServer(name, binary, clusterName, configDir, workDir string) (*Server,
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"--cluster-name", clusterName, "--config-dir", configDir, "--listen", "",
-		"--plaintext-listen", xdsAddr, "--monitoring-listen", monAddr}
-	if filepath.Base(binary) == "peerd" {
-		args = append([]string{"serve"}, args...)
-	}
+	args := slices.Concat(t.Args, []string{"--cluster-name", clusterName, "--config-dir", configDir, "--listen", "",
+		"--plaintext-listen", xdsAddr, "--monitoring-listen", monAddr})
+	name := t.Name
 	logPath := filepath.Join(workDir, name+".log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(binary, args...)
+	cmd := exec.Command(t.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
-		return nil, fmt.Errorf("starting %s: %w", binary, err)
+		return nil, fmt.Errorf("starting %s: %w", t.Binary, err)
 	}
 	s := &Server{Name: name, XDSAddr: xdsAddr, monAddr: monAddr, cmd: cmd, logPath: logPath, exited: make(chan struct{})}
 	go func() {

@@ -63,17 +63,20 @@ func run() error {
 	if *changes < 1 {
 		return fmt.Errorf("--changes: %d, want at least 1", *changes)
 	}
-	binaries := map[string]string{"peerd": *peerdBin, "baseline": *baselineBin}
+	known := map[string]bench.Target{
+		"peerd":    {Name: "peerd", Binary: *peerdBin, Args: []string{"serve"}},
+		"baseline": {Name: "baseline", Binary: *baselineBin},
+	}
 	var ts []bench.Target
 	for _, name := range strings.Split(*targets, ",") {
-		bin, ok := binaries[name]
+		t, ok := known[name]
 		if !ok {
 			return fmt.Errorf("--targets: unknown server %q (known: peerd, baseline)", name)
 		}
-		if _, err := os.Stat(bin); err != nil {
+		if _, err := os.Stat(t.Binary); err != nil {
 			return fmt.Errorf("--%s: %w", name, err)
 		}
-		ts = append(ts, bench.Target{Name: name, Binary: bin})
+		ts = append(ts, t)
 	}
 	var clusters []bench.Cluster
 	for _, p := range podCounts {
