@@ -8,7 +8,7 @@ GOBIN     := $(shell $(GO) env GOPATH)/bin
 PROTO_SRC := proto/istio/workload/workload.proto proto/istio/security/authorization.proto
 RACE      ?= -race
 
-.PHONY: build test test-unit test-istio lint proto run bench tools
+.PHONY: build test test-unit test-istio lint proto run bench bench-e2e tools
 
 build:
 	$(GO) build -o $(BIN)/peerd ./cmd/peerd
@@ -29,6 +29,13 @@ test-istio:
 # Figures and how to read them: docs/benchmarks.md.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/xds/ ./internal/ambient/
+
+# The black-box benchmark: the real binary and the go-control-plane baseline
+# (test/bench) behind the same manifest-change path. A few minutes on 2 cores;
+# other loads with e.g. BENCH_E2E_FLAGS="--pods 10000 --clients 1,1000".
+bench-e2e: build
+	$(GO) build -o $(BIN)/peerd-bench-baseline ./test/bench/cmd/baseline
+	$(GO) run ./test/bench/cmd/loadgen --peerd $(BIN)/peerd --baseline $(BIN)/peerd-bench-baseline $(BENCH_E2E_FLAGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi

@@ -1,0 +1,59 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// line is a one-line progress report of r.
+func (r Result) line() string {
+	if r.Err != nil {
+		return fmt.Sprintf("%s %s: %d pods, %d clients: FAILED: %v", r.Target, r.Scenario, r.Pods, r.Clients, r.Err)
+	}
+	return fmt.Sprintf("%s %s: %d pods, %d clients: first p50 %s p99 %s, last p50 %s p99 %s, %s CPU-s/change, %s MB/change, %.1f msgs/change, RSS %s MiB",
+		r.Target, r.Scenario, r.Pods, r.Clients, ms(r.First.P50), ms(r.First.P99), ms(r.Last.P50), ms(r.Last.P99),
+		cpuSeconds(r.CPUPerChange), megabytes(r.AllocPerChange), r.MessagesPerChange, mebibytes(r.Memory.RSS))
+}
+
+// WriteTable writes the results as a Markdown table, the servers of one
+// load next to each other.
+func WriteTable(w io.Writer, results []Result) {
+	fmt.Fprintln(w, "| scenario | pods | services | clients | server | first p50 | first p99 | last p50 | last p99 | CPU-s/change | MB alloc/change | msgs/change | RSS MiB (peak) | sync | held |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+	for _, r := range results {
+		if r.Err != nil {
+			fmt.Fprintf(w, "| %s | %d | %d | %d | %s | failed: %s |||||||||\n", r.Scenario, r.Pods, r.Services, r.Clients, r.Target,
+				strings.ReplaceAll(r.Err.Error(), "|", "/"))
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %d | %d | %d | %s | %s | %s | %s | %s | %s | %s | %.1f | %s (%s) | %s | %d |\n",
+			r.Scenario, r.Pods, r.Services, r.Clients, r.Target,
+			ms(r.First.P50), ms(r.First.P99), ms(r.Last.P50), ms(r.Last.P99),
+			cpuSeconds(r.CPUPerChange), megabytes(r.AllocPerChange), r.MessagesPerChange,
+			mebibytes(r.Memory.RSS), mebibytes(r.Memory.Peak), ms(r.Sync), r.Held)
+	}
+}
+
+// ms renders a latency in milliseconds with three significant digits, or
+// "-" for a scenario that measures none.
+func ms(d time.Duration) string {
+	if d == 0 {
+		return "-"
+	}
+	v := float64(d) / float64(time.Millisecond)
+	switch {
+	case v >= 10000:
+		return fmt.Sprintf("%.0f s", v/1000)
+	case v >= 100:
+		return fmt.Sprintf("%.0f ms", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f ms", v)
+	}
+	return fmt.Sprintf("%.2f ms", v)
+}
+
+func cpuSeconds(d time.Duration) string { return fmt.Sprintf("%.3f", d.Seconds()) }
+func megabytes(b float64) string        { return fmt.Sprintf("%.2f", b/1e6) }
+func mebibytes(b uint64) string         { return fmt.Sprintf("%d", b>>20) }
