@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/peerd-mesh/peerd/test/ztunnel"
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
+	"github.com/peerd-mesh/peerd/test/ztunnel"
 )
 
 // Edits of fields the mapping never reads (a node's status heartbeat, a pod
