@@ -22,9 +22,10 @@ const AddressTypeURL = "type.googleapis.com/istio.workload.Address"
 // addresses is one initial response of about 40 MB.
 const maxRecvMsgSize = 256 << 20
 
-// streamsPerConn is how many streams share one gRPC connection, as in the
-// in-process benchmark.
-const streamsPerConn = 200
+// streamsPerConn is how many streams share one gRPC connection: peerd's
+// default --max-streams-per-connection (ztunnels open one each; this is
+// the fleet scaled down).
+const streamsPerConn = 100
 
 // Change is one change the fleet waits for: the named resources must all
 // arrive with a version other than the one held before the change.
@@ -59,7 +60,7 @@ type Fleet struct {
 	firstErr error
 }
 
-// Dial opens the connections of a fleet of n streams to target: one per 200
+// Dial opens the connections of a fleet of n streams to target: one per 100
 // streams, as ztunnels on many nodes would open one each, scaled down.
 func Dial(target string, n int) (*Fleet, error) {
 	f := &Fleet{streams: n, probe: map[string]string{}}
