@@ -87,9 +87,23 @@ var storedKinds = map[schema.GroupKind]schema.GroupVersionKind{
 	{Group: gatewayv1.GroupName, Kind: "Gateway"}:         schema.GroupVersion{Group: gatewayv1.GroupName, Version: "v1"}.WithKind("Gateway"),
 }
 
-// SkipFunc is told about each document DecodeManifests leaves out because
-// peerd does not use its kind (an Istio CRD, a ConfigMap, ...).
-type SkipFunc func(file string, document int, gvk schema.GroupVersionKind, name string)
+// Skipped is a document (or a List item) DecodeManifests left out.
+type Skipped struct {
+	File     string
+	Document int
+	// Item is the 0-based index in a List document's items, or -1.
+	Item int
+	GVK  schema.GroupVersionKind
+	Name string
+	// Warn is set when peerd does not know the kind or the version at all,
+	// so an operator should look; unset for a kind peerd knows and has no
+	// use for.
+	Warn   bool
+	Reason string
+}
+
+// SkipFunc is told about each document DecodeManifests leaves out.
+type SkipFunc func(Skipped)
 
 // DecodeManifests decodes a multi-document YAML file into typed objects of
 // the kinds the Index stores, with the API server's defaults applied (see
@@ -295,7 +309,7 @@ func (d docDecoder) decodeObject(item int, h header, js []byte) (runtime.Object,
 	want, stored := storedKinds[gvk.GroupKind()]
 	if !stored {
 		if d.skip != nil {
-			d.skip(d.file, d.doc, gvk, h.name)
+			d.skip(Skipped{File: d.file, Document: d.doc, Item: item, GVK: gvk, Name: h.name, Reason: "a kind peerd does not read"})
 		}
 		return nil, nil
 	}

@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
@@ -280,8 +279,8 @@ metadata: {name: apps}
 		name string
 	}
 	var got []skipped
-	objs, err := decodeManifests("m.yaml", data, func(file string, doc int, gvk schema.GroupVersionKind, name string) {
-		got = append(got, skipped{doc, gvk.String(), name})
+	objs, err := decodeManifests("m.yaml", data, func(sk Skipped) {
+		got = append(got, skipped{sk.Document, sk.GVK.String(), sk.Name})
 	})
 	if err != nil {
 		t.Fatal(err)

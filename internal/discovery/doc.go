@@ -42,7 +42,17 @@
 //     an in-place save looks like half way); deleting a file removes them.
 //   - Dot-directories and dot-files below the config dir are never read (a
 //     ConfigMap volume's `..data` and `..<timestamp>` would otherwise be read
-//     twice); symlinked files are followed, symlinked directories are not.
+//     twice); symlinked files are followed, symlinked directories below the
+//     root are not.
+//   - The config dir is followed as a path, not as the directory it named at
+//     start: a symlinked root (or one below a symlink) is resolved on every
+//     reload, and a root that is re-pointed (git-sync), swapped with mv,
+//     deleted or recreated is seen through watches on the directories that
+//     hold the symlinks and the root. Files keep their names below the
+//     configured path, so a flip changes only the files whose bytes differ.
+//     While the root is missing the last good state stays in force and
+//     Errors names the missing path; a root deleted file by file is seen
+//     file by file until it is gone.
 //   - Synced is false until at least one source registered and every
 //     registered source called MarkSynced after its first full load.
 package discovery

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/peerd-mesh/peerd/internal/discovery"
 )
 
 // Options are the `peerd serve` settings. Field names follow the flags.
@@ -19,6 +21,8 @@ type Options struct {
 	// means in-cluster configuration).
 	ConfigDir  string
 	Kubeconfig string
+	// MaxFileSize is the largest manifest file the file source reads.
+	MaxFileSize int64
 
 	CADir            string
 	Listen           string
@@ -40,6 +44,7 @@ func DefaultOptions() Options {
 		GlobalSuffix:     "mesh.internal",
 		Listen:           ":15012",
 		MonitoringListen: ":15014",
+		MaxFileSize:      discovery.DefaultMaxFileSize,
 		MaxConnectionAge: 30 * time.Minute,
 		PeerStaleTTL:     10 * time.Minute,
 		PeerSyncTimeout:  30 * time.Second,
@@ -68,6 +73,9 @@ func (o Options) Validate() error {
 	}
 	if o.Listen == "" && o.PlaintextListen == "" {
 		errs = append(errs, errors.New("no gRPC listener: set --listen (TLS) or --plaintext-listen"))
+	}
+	if o.MaxFileSize <= 0 {
+		errs = append(errs, fmt.Errorf("--max-file-size %d: must be positive", o.MaxFileSize))
 	}
 	if o.MaxConnectionAge < 0 {
 		errs = append(errs, fmt.Errorf("--max-connection-age %v: must not be negative", o.MaxConnectionAge))

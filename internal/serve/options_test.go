@@ -21,6 +21,7 @@ func TestValidate(t *testing.T) {
 		{"plaintext only needs no ca-dir", func(o *Options) { o.CADir, o.Listen, o.PlaintextListen = "", "", "127.0.0.1:15010" }, ""},
 		{"no gRPC listener at all", func(o *Options) { o.Listen, o.PlaintextListen = "", "" }, "no gRPC listener"},
 		{"negative connection age", func(o *Options) { o.MaxConnectionAge = -1 }, "--max-connection-age"},
+		{"no file size limit", func(o *Options) { o.MaxFileSize = 0 }, "--max-file-size"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
