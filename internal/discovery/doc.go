@@ -53,6 +53,26 @@
 //     While the root is missing the last good state stays in force and
 //     Errors names the missing path; a root deleted file by file is seen
 //     file by file until it is gone.
+//   - A manifest file is read only up to FileSourceOptions.MaxFileSize
+//     (--max-file-size, 16 MiB by default): its size is checked before
+//     reading and the read is bounded, and a file over the limit is refused
+//     by name (Errors, a log line, peerd_config_file_problems_total) while
+//     its last good objects stay.
+//   - Which documents are read, skipped or refused (decode.go): a kind the
+//     Index stores is read at every version the API server peerd stands in
+//     for serves (Kubernetes 1.37, Gateway API v1.6: a Gateway at v1beta1 is
+//     read as v1), and any other version of it is an error. A kind built
+//     into Kubernetes or the Gateway API that peerd does not use (a
+//     Deployment, a ConfigMap, an HTTPRoute) is skipped with a debug log. A
+//     kind that is not one of its group's, in a group peerd knows (`v1
+//     Servce`, `apps/v1 Service`), or a group one typo away from a known one,
+//     is an error, so the file keeps its last good objects: a typo never
+//     deletes a Service. A kind in a group peerd does not know (a custom
+//     resource, Istio's included) or at a version nobody serves is skipped
+//     with a warning naming the file, document, apiVersion and kind. Skips
+//     are counted in peerd_config_documents_skipped_total. Lists (`kind:
+//     List`, `kind: ServiceList`) are read as kubectl reads them; a list
+//     inside a list is an error, as for kubectl.
 //   - Synced is false until at least one source registered and every
 //     registered source called MarkSynced after its first full load.
 package discovery
