@@ -441,9 +441,12 @@ func readLimited(path string, limit int64) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// read is one file's state in a reload: its bytes, or why they could not
-// be had.
+// read is one file's state in a reload: the digest of its bytes and, when
+// they differ from what was applied last, the bytes; or why they could not
+// be had. Unchanged bytes are not kept, so a reload holds at most the
+// changed files in memory.
 type read struct {
+	sum  [sha256.Size]byte
 	data []byte
 	err  error
 }
@@ -494,9 +497,8 @@ func (s *FileSource) reload(w *fsnotify.Watcher) {
 			s.report(name, problemUnreadable, fmt.Errorf("%s: %w", name, r.err))
 			continue
 		}
-		sum := sha256.Sum256(r.data)
 		old, known := s.digests[name]
-		if known && old == sum {
+		if known && old == r.sum {
 			// Readable again and unchanged: what was applied (or rejected)
 			// for these bytes still holds.
 			if p := s.problems[name]; p.reason == problemTooLarge || p.reason == problemUnreadable {
@@ -512,7 +514,7 @@ func (s *FileSource) reload(w *fsnotify.Watcher) {
 			s.log.Debug("manifest file is empty; keeping its last objects", zap.String("file", name))
 			continue
 		}
-		s.digests[name] = sum
+		s.digests[name] = r.sum
 		changed = append(changed, name)
 		s.apply(name, r.data)
 	}
@@ -569,7 +571,14 @@ func (s *FileSource) gather(w *fsnotify.Watcher) (root rootPath, files map[strin
 			complete = false
 			continue
 		}
-		files[f.name] = read{data: data, err: err}
+		r := read{data: data, err: err}
+		if err == nil {
+			r.sum = sha256.Sum256(data)
+			if old, ok := s.digests[f.name]; ok && old == r.sum {
+				r.data = nil
+			}
+		}
+		files[f.name] = r
 	}
 	return root, files, complete
 }
