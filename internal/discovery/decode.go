@@ -97,6 +97,10 @@ var knownKinds = func() map[schema.GroupKind][]string {
 		}
 		out[gvk.GroupKind()] = append(out[gvk.GroupKind()], gvk.Version)
 	}
+	// Served by kube-apiserver itself, but their Go types live in modules
+	// peerd does not need (apiextensions-apiserver, kube-aggregator).
+	out[schema.GroupKind{Group: "apiextensions.k8s.io", Kind: "CustomResourceDefinition"}] = []string{"v1"}
+	out[schema.GroupKind{Group: "apiregistration.k8s.io", Kind: "APIService"}] = []string{"v1"}
 	for _, versions := range out {
 		slices.Sort(versions)
 	}
