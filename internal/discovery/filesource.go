@@ -57,6 +57,8 @@ type FileSourceOptions struct {
 // Only files whose bytes changed are decoded and given to the Index. A file
 // that becomes empty keeps its objects, because that is also what a file
 // being rewritten in place looks like; delete a file to remove its objects.
+// A file over FileSourceOptions.MaxFileSize is refused from its size alone,
+// and no read takes more than that limit into memory.
 type FileSource struct {
 	dir         string
 	source      string
