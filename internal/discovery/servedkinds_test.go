@@ -19,6 +19,9 @@ import (
 // calling a served kind a typo, or warning about it as unknown would turn a
 // valid manifest into noise or a blocked file.
 func TestDecoderKnowsWhatAnAPIServerServes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a kube-apiserver (about 15 s)")
+	}
 	c := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
 	dc, err := kubediscovery.NewDiscoveryClientForConfig(c.Config)
 	if err != nil {
