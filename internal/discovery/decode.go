@@ -471,11 +471,13 @@ func (d docDecoder) notStored(item int, name string, h header, gvk schema.GroupV
 		return skip(false, "a kind peerd does not read")
 	}
 	if knownGroups[gk.Group] {
-		hint := ""
+		// Close to a kind peerd knows: a typo, which must not make the
+		// object vanish. Far from every known kind: more likely a kind
+		// newer than peerd than a typo, so only a warning.
 		if s := suggestKind(gk); s != "" {
-			hint = " (did you mean " + s + "?)"
+			return d.fail(item, name, "kind", fmt.Errorf("%w %q: not a kind of %s (did you mean %s?)", ErrInvalid, h.kind, groupName(gk.Group), s))
 		}
-		return d.fail(item, name, "kind", fmt.Errorf("%w %q: not a kind of %s%s", ErrInvalid, h.kind, groupName(gk.Group), hint))
+		return skip(true, "not a kind of "+groupName(gk.Group)+" that peerd knows")
 	}
 	if g := nearestGroup(gk.Group); g != "" {
 		return d.fail(item, name, "apiVersion", fmt.Errorf("%w %q: unknown API group %q (did you mean %q?)", ErrInvalid, h.apiVersion, gk.Group, g))

@@ -293,6 +293,10 @@ apiVersion: v1
 kind: List
 items:
 - {apiVersion: v1, kind: Secret, metadata: {name: s}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: MeshPolicyFromTheFuture
+metadata: {name: f}
 `)
 	type skipped struct {
 		doc, item int
@@ -319,6 +323,7 @@ items:
 		{7, -1, "example.com/v1, Kind=Widget", "w", true},
 		{8, -1, "apps/v1beta9, Kind=Deployment", "d2", true},
 		{9, 0, "/v1, Kind=Secret", "s", false},
+		{10, -1, "gateway.networking.k8s.io/v1, Kind=MeshPolicyFromTheFuture", "f", true},
 	}
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(skipped{})); diff != "" {
 		t.Errorf("skipped (-want +got):\n%s", diff)

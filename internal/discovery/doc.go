@@ -64,12 +64,14 @@
 //     read as v1), and any other version of it is an error. A kind built
 //     into Kubernetes or the Gateway API that peerd does not use (a
 //     Deployment, a ConfigMap, an HTTPRoute) is skipped with a debug log. A
-//     kind that is not one of its group's, in a group peerd knows (`v1
-//     Servce`, `apps/v1 Service`), or a group one typo away from a known one,
-//     is an error, so the file keeps its last good objects: a typo never
-//     deletes a Service. A kind in a group peerd does not know (a custom
-//     resource, Istio's included) or at a version nobody serves is skipped
-//     with a warning naming the file, document, apiVersion and kind. Skips
+//     kind that looks like a typo is an error, so the file keeps its last
+//     good objects and a typo never deletes a Service: a kind its group does
+//     not have but that is at most two edits from one it has (`v1 Servce`),
+//     a kind named as in another group (`apps/v1 Service`), or a group one
+//     edit from a known one. Any other kind peerd does not know (a custom
+//     resource, Istio's included; a kind newer than peerd) or a version
+//     nobody serves is skipped with a warning naming the file, document,
+//     apiVersion and kind. Skips
 //     are counted in peerd_config_documents_skipped_total. Lists (`kind:
 //     List`, `kind: ServiceList`) are read as kubectl reads them; a list
 //     inside a list is an error, as for kubectl.
