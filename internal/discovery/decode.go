@@ -86,7 +86,8 @@ var scheme = newScheme(corev1.AddToScheme, discoveryv1.AddToScheme, gatewayv1.In
 // knownKinds are the kinds of every group built into Kubernetes (as client-go
 // of the same release knows them) and of the Gateway API, with the versions
 // each kind is known at. A kind listed here that peerd does not store is
-// skipped quietly; a kind missing here in a group listed here is a typo.
+// skipped quietly; a kind missing here in a group listed here is a typo when
+// it is close to one listed (see notStored).
 var knownKinds = func() map[schema.GroupKind][]string {
 	s := newScheme(clientgoscheme.AddToScheme, gatewayv1.Install, gatewayv1beta1.Install,
 		gatewayv1alpha2.Install, gatewayv1alpha3.Install, gatewayxv1alpha1.Install)
