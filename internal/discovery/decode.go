@@ -330,7 +330,7 @@ type header struct {
 // that errors about the rest can name the object.
 func readHeader(js []byte) (header, error) {
 	var m map[string]json.RawMessage
-	if err := json.Unmarshal(js, &m); err != nil {
+	if err := json.Unmarshal(js, &m); err != nil || m == nil { // nil: a null list item
 		return header{}, errors.New("not a Kubernetes object: a document must be a YAML mapping with apiVersion and kind")
 	}
 	str := func(raw json.RawMessage) string {
@@ -383,7 +383,7 @@ func (d docDecoder) listItems(h header, js []byte) ([]json.RawMessage, error) {
 // withTypeMeta returns item with apiVersion and kind set from h.
 func withTypeMeta(item json.RawMessage, h header) (json.RawMessage, error) {
 	var m map[string]json.RawMessage
-	if err := json.Unmarshal(item, &m); err != nil {
+	if err := json.Unmarshal(item, &m); err != nil || m == nil {
 		return nil, errors.New("not a Kubernetes object: a list item must be a mapping")
 	}
 	m["apiVersion"], _ = json.Marshal(h.apiVersion)

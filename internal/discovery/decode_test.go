@@ -685,3 +685,12 @@ func TestEditDistance(t *testing.T) {
 		}
 	}
 }
+
+// A null list item once panicked the decoder (found by FuzzDecodeManifests).
+func TestDecodeNullListItem(t *testing.T) {
+	_, err := DecodeManifests("apps.yaml", []byte("apiVersion: v1\nkind: List\nitems:\n-\n"))
+	want := "apps.yaml: document 1: items[0]: not a Kubernetes object: a document must be a YAML mapping with apiVersion and kind"
+	if err == nil || err.Error() != want {
+		t.Errorf("error = %v, want %s", err, want)
+	}
+}
