@@ -8,7 +8,7 @@ GOBIN     := $(shell $(GO) env GOPATH)/bin
 PROTO_SRC := proto/istio/workload/workload.proto proto/istio/security/authorization.proto
 RACE      ?= -race
 
-.PHONY: build test test-unit test-istio lint proto run bench bench-e2e tools
+.PHONY: build test test-unit test-istio lint proto run bench bench-e2e tools fuzz-short
 
 build:
 	$(GO) build -o $(BIN)/peerd ./cmd/peerd
@@ -36,6 +36,17 @@ bench:
 bench-e2e: build
 	$(GO) build -o $(BIN)/peerd-bench-baseline ./test/bench/cmd/baseline
 	$(GO) run ./test/bench/cmd/loadgen --peerd $(BIN)/peerd --baseline $(BIN)/peerd-bench-baseline $(BENCH_E2E_FLAGS)
+
+# A short run of every fuzz target in the module, one at a time (go test
+# -fuzz takes one target per run); docs/fuzzing.md records the long runs.
+FUZZTIME ?= 20s
+fuzz-short:
+	@set -e; $(GO) list -f '{{.ImportPath}} {{.Dir}}' ./... | while read -r pkg dir; do \
+		for fn in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/^func //'); do \
+			echo "== $$pkg $$fn"; \
+			$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); if [ -n "$$out" ]; then echo "gofmt: $$out"; exit 1; fi

@@ -43,6 +43,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&opts.DomainSuffix, "domain-suffix", opts.DomainSuffix, "the cluster's DNS domain suffix")
 	f.StringVar(&opts.GlobalSuffix, "global-suffix", opts.GlobalSuffix, "the DNS suffix of global services (no effect until peering lands)")
 	f.StringVar(&opts.ConfigDir, "config-dir", opts.ConfigDir, "read Kubernetes manifests from this directory instead of an API server (reloaded on change)")
+	f.Int64Var(&opts.MaxFileSize, "max-file-size", opts.MaxFileSize, "largest manifest file read from --config-dir, in bytes; a larger file is refused by name and its last good objects stay")
 	f.StringVar(&opts.Kubeconfig, "kubeconfig", opts.Kubeconfig, "kubeconfig file (default: in-cluster configuration)")
 	f.StringVar(&opts.CADir, "ca-dir", opts.CADir, "cacerts directory (root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem) that signs the TLS listener's certificate")
 	f.StringVar(&opts.Listen, "listen", opts.Listen, "TLS gRPC address for ztunnel and peers (empty: off)")

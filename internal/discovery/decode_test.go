@@ -11,7 +11,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
@@ -273,15 +272,40 @@ data: {a: b}
 apiVersion: v1
 kind: Namespace
 metadata: {name: apps}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: d, namespace: apps}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: apps}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w}
+---
+apiVersion: apps/v1beta9
+kind: Deployment
+metadata: {name: d2, namespace: apps}
+---
+apiVersion: v1
+kind: List
+items:
+- {apiVersion: v1, kind: Secret, metadata: {name: s}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: MeshPolicyFromTheFuture
+metadata: {name: f}
 `)
 	type skipped struct {
-		doc  int
-		gvk  string
-		name string
+		doc, item int
+		gvk, name string
+		warn      bool
 	}
 	var got []skipped
-	objs, err := decodeManifests("m.yaml", data, func(file string, doc int, gvk schema.GroupVersionKind, name string) {
-		got = append(got, skipped{doc, gvk.String(), name})
+	objs, err := decodeManifests("m.yaml", data, func(sk Skipped) {
+		got = append(got, skipped{sk.Document, sk.Item, sk.GVK.String(), sk.Name, sk.Warn})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -289,12 +313,83 @@ metadata: {name: apps}
 	if len(objs) != 1 {
 		t.Fatalf("got %d objects, want the Namespace only", len(objs))
 	}
+	// Kubernetes and Gateway API kinds peerd does not read are skipped
+	// quietly; what peerd does not know at all is a warning.
 	want := []skipped{
-		{2, "networking.istio.io/v1, Kind=ServiceEntry", "ext"},
-		{3, "/v1, Kind=ConfigMap", "c"},
+		{2, -1, "networking.istio.io/v1, Kind=ServiceEntry", "ext", true},
+		{3, -1, "/v1, Kind=ConfigMap", "c", false},
+		{5, -1, "apps/v1, Kind=Deployment", "d", false},
+		{6, -1, "gateway.networking.k8s.io/v1, Kind=HTTPRoute", "r", false},
+		{7, -1, "example.com/v1, Kind=Widget", "w", true},
+		{8, -1, "apps/v1beta9, Kind=Deployment", "d2", true},
+		{9, 0, "/v1, Kind=Secret", "s", false},
+		{10, -1, "gateway.networking.k8s.io/v1, Kind=MeshPolicyFromTheFuture", "f", true},
 	}
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(skipped{})); diff != "" {
 		t.Errorf("skipped (-want +got):\n%s", diff)
+	}
+}
+
+func TestDecodeTypedListsAsKubectl(t *testing.T) {
+	objs, err := DecodeManifests("list.yaml", []byte(`
+apiVersion: v1
+kind: ServiceList
+metadata: {resourceVersion: "12"}
+items:
+- metadata: {name: echo, namespace: apps}
+  spec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}
+- apiVersion: v1
+  kind: Namespace
+  metadata: {name: apps}
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: GatewayList
+items:
+- metadata: {name: east, namespace: istio-system}
+  spec:
+    gatewayClassName: istio-eastwest
+    listeners: [{name: cross-network, port: 15008, protocol: HBONE}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"service apps/echo", "namespace apps", "gateway istio-system/east"}, objectNames(objs)); diff != "" {
+		t.Fatalf("objects (-want +got):\n%s", diff)
+	}
+	if s := objs[0].(*corev1.Service); s.Spec.Ports[0].Protocol != corev1.ProtocolTCP {
+		t.Error("typed list item not defaulted")
+	}
+	if gw := objs[2].(*gatewayv1.Gateway); gw.APIVersion != "gateway.networking.k8s.io/v1" {
+		t.Errorf("v1beta1 list item read as apiVersion %q, want it converted to v1", gw.APIVersion)
+	}
+}
+
+func objectNames(objs []runtime.Object) []string {
+	var out []string
+	for _, o := range objs {
+		key, err := KeyOf(o)
+		if err != nil {
+			out = append(out, err.Error())
+			continue
+		}
+		out = append(out, key.String())
+	}
+	return out
+}
+
+// TestDecodeGatewayV1beta1 reads a Gateway at both versions the CRD serves:
+// the same object comes out.
+func TestDecodeGatewayV1beta1(t *testing.T) {
+	const gw = `kind: Gateway
+metadata: {name: east, namespace: istio-system}
+spec:
+  gatewayClassName: istio-eastwest
+  listeners: [{name: cross-network, port: 15008, protocol: HBONE, tls: {mode: Passthrough}}]
+`
+	v1 := decodeOne[*gatewayv1.Gateway](t, "apiVersion: gateway.networking.k8s.io/v1\n"+gw)
+	beta := decodeOne[*gatewayv1.Gateway](t, "apiVersion: gateway.networking.k8s.io/v1beta1\n"+gw)
+	if diff := cmp.Diff(v1, beta); diff != "" {
+		t.Errorf("v1beta1 Gateway differs from v1 (-v1 +v1beta1):\n%s", diff)
 	}
 }
 
@@ -390,10 +485,59 @@ func TestDecodeErrors(t *testing.T) {
 			wrapped:  ErrRequired,
 		},
 		{
-			name:     "known kind at an unread version",
-			manifest: "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: Gateway\nmetadata: {name: east, namespace: istio-system}\n",
-			want:     `apps.yaml: document 1: gateway istio-system/east: apiVersion: invalid value: "gateway.networking.k8s.io/v1beta1": peerd reads gateway.networking.k8s.io/v1 only`,
+			name:     "stored kind at a version no longer served",
+			manifest: "apiVersion: discovery.k8s.io/v1beta1\nkind: EndpointSlice\nmetadata: {name: s, namespace: apps}\naddressType: IPv4\n",
+			want:     `apps.yaml: document 1: endpointslice apps/s: apiVersion: invalid value "discovery.k8s.io/v1beta1": EndpointSlice is served as discovery.k8s.io/v1`,
 			field:    "apiVersion",
+			wrapped:  ErrInvalid,
+		},
+		{
+			name:     "stored kind at a version never served",
+			manifest: "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: Gateway\nmetadata: {name: east, namespace: istio-system}\n",
+			want:     `apps.yaml: document 1: gateway istio-system/east: apiVersion: invalid value "gateway.networking.k8s.io/v1alpha2": Gateway is served as gateway.networking.k8s.io/v1 or gateway.networking.k8s.io/v1beta1`,
+			field:    "apiVersion",
+			wrapped:  ErrInvalid,
+		},
+		{
+			name:     "misspelt kind",
+			manifest: "apiVersion: v1\nkind: Servce\nmetadata: {name: echo, namespace: apps}\n",
+			want:     `apps.yaml: document 1: servce apps/echo: kind: invalid value "Servce": not a kind of the core API group (apiVersion: v1) (did you mean Service?)`,
+			field:    "kind",
+			wrapped:  ErrInvalid,
+		},
+		{
+			name:     "kind in the wrong group",
+			manifest: "apiVersion: apps/v1\nkind: Service\nmetadata: {name: echo, namespace: apps}\n",
+			want:     `apps.yaml: document 1: service apps/echo: kind: invalid value "Service": not a kind of API group apps (did you mean Service in apiVersion v1?)`,
+			field:    "kind",
+			wrapped:  ErrInvalid,
+		},
+		{
+			name:     "misspelt group",
+			manifest: "apiVersion: gateway.networking.k8s.oi/v1\nkind: Gateway\nmetadata: {name: east, namespace: istio-system}\n",
+			want:     `apps.yaml: document 1: gateway istio-system/east: apiVersion: invalid value "gateway.networking.k8s.oi/v1": unknown API group "gateway.networking.k8s.oi" (did you mean "gateway.networking.k8s.io"?)`,
+			field:    "apiVersion",
+			wrapped:  ErrInvalid,
+		},
+		{
+			name:     "items on a kind that is not a list",
+			manifest: "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\nitems: []\n",
+			want:     `apps.yaml: document 1: namespace apps: items: invalid value: unknown field`,
+			field:    "items",
+			wrapped:  ErrInvalid,
+		},
+		{
+			name:     "list with a misspelt items field",
+			manifest: "apiVersion: v1\nkind: ServiceList\nitems: []\nitem: [{metadata: {name: echo}}]\n",
+			want:     `apps.yaml: document 1: servicelist: item: invalid value: unknown field`,
+			field:    "item",
+			wrapped:  ErrInvalid,
+		},
+		{
+			name:     "list inside a list",
+			manifest: "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: List, items: []}\n",
+			want:     `apps.yaml: document 1: items[0]: list: items: invalid value: a list inside a list`,
+			field:    "items",
 			wrapped:  ErrInvalid,
 		},
 		{
@@ -520,5 +664,33 @@ func TestDecodeProjectExamples(t *testing.T) {
 		if _, err := DecodeManifests(f, data); err != nil {
 			t.Errorf("%v", err)
 		}
+	}
+}
+
+func TestEditDistance(t *testing.T) {
+	cases := []struct {
+		a, b string
+		want int
+	}{
+		{"service", "service", 0},
+		{"service", "servce", 1},
+		{"service", "sevrice", 1}, // neighbours swapped
+		{"gateway.networking.k8s.io", "gateway.networking.k8s.oi", 1},
+		{"", "pod", 3},
+		{"node", "role", 2},
+	}
+	for _, c := range cases {
+		if got := editDistance(c.a, c.b); got != c.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", c.a, c.b, got, c.want)
+		}
+	}
+}
+
+// A null list item once panicked the decoder (found by FuzzDecodeManifests).
+func TestDecodeNullListItem(t *testing.T) {
+	_, err := DecodeManifests("apps.yaml", []byte("apiVersion: v1\nkind: List\nitems:\n-\n"))
+	want := "apps.yaml: document 1: items[0]: not a Kubernetes object: a document must be a YAML mapping with apiVersion and kind"
+	if err == nil || err.Error() != want {
+		t.Errorf("error = %v, want %s", err, want)
 	}
 }

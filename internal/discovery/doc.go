@@ -46,7 +46,39 @@
 //     an in-place save looks like half way); deleting a file removes them.
 //   - Dot-directories and dot-files below the config dir are never read (a
 //     ConfigMap volume's `..data` and `..<timestamp>` would otherwise be read
-//     twice); symlinked files are followed, symlinked directories are not.
+//     twice); symlinked files are followed, symlinked directories below the
+//     root are not.
+//   - The config dir is followed as a path, not as the directory it named at
+//     start: a symlinked root (or one below a symlink) is resolved on every
+//     reload, and a root that is re-pointed (git-sync), swapped with mv,
+//     deleted or recreated is seen through watches on the directories that
+//     hold the symlinks and the root. Files keep their names below the
+//     configured path, so a flip changes only the files whose bytes differ.
+//     While the root is missing the last good state stays in force and
+//     Errors names the missing path; a root deleted file by file is seen
+//     file by file until it is gone.
+//   - A manifest file is read only up to FileSourceOptions.MaxFileSize
+//     (--max-file-size, 16 MiB by default): its size is checked before
+//     reading and the read is bounded, and a file over the limit is refused
+//     by name (Errors, a log line, peerd_config_file_problems_total) while
+//     its last good objects stay.
+//   - Which documents are read, skipped or refused (decode.go): a kind the
+//     Index stores is read at every version the API server peerd stands in
+//     for serves (Kubernetes 1.37, Gateway API v1.6: a Gateway at v1beta1 is
+//     read as v1), and any other version of it is an error. A kind built
+//     into Kubernetes or the Gateway API that peerd does not use (a
+//     Deployment, a ConfigMap, an HTTPRoute) is skipped with a debug log. A
+//     kind that looks like a typo is an error, so the file keeps its last
+//     good objects and a typo never deletes a Service: a kind its group does
+//     not have but that is at most two edits from one it has (`v1 Servce`),
+//     a kind named as in another group (`apps/v1 Service`), or a group one
+//     edit from a known one. Any other kind peerd does not know (a custom
+//     resource, Istio's included; a kind newer than peerd) or a version
+//     nobody serves is skipped with a warning naming the file, document,
+//     apiVersion and kind. Skips
+//     are counted in peerd_config_documents_skipped_total. Lists (`kind:
+//     List`, `kind: ServiceList`) are read as kubectl reads them; a list
+//     inside a list is an error, as for kubectl.
 //   - Synced is false until at least one source registered and every
 //     registered source called MarkSynced after its first full load.
 package discovery

@@ -3,25 +3,52 @@ package discovery
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 )
+
+// DefaultMaxFileSize is the largest manifest file a FileSource reads unless
+// told otherwise: far above any real set of manifests, far below what would
+// hurt the process.
+const DefaultMaxFileSize = 16 << 20
+
+// FileSourceOptions tune a FileSource; the zero value is usable.
+type FileSourceOptions struct {
+	// MaxFileSize is the largest file read, in bytes (0: DefaultMaxFileSize).
+	// A larger file is refused by name and its last good objects stay.
+	MaxFileSize int64
+	// Registerer receives the source's counters; nil keeps them unexported.
+	Registerer prometheus.Registerer
+}
 
 // FileSource feeds the Index from a directory of Kubernetes manifests
 // (--config-dir): every *.yaml and *.yml file below it, recursively. Names
 // that start with a dot are skipped, so a ConfigMap volume's `..data` and
 // `..<timestamp>` directories are not read twice; the ConfigMap's files are
 // read through the symlinks the kubelet puts at the top of the mount.
-// Symlinked files are followed, symlinked directories are not (no loops).
+// Symlinked files are followed, symlinked directories below the root are not
+// (no loops).
+//
+// The root itself may be a symlink, or sit below one, as deploy tools lay it
+// out (git-sync flips `root -> rev1` to `-> rev2`; a directory is swapped in
+// with mv). Files are named by their path below the root as configured, so a
+// flip that changes nothing in a file changes nothing in the Index. The
+// source watches the directories holding each symlink on the way to the root
+// and the root's own parent, so a root that is deleted, recreated, renamed or
+// re-pointed is seen; while the root cannot be read the last good state stays
+// in force and Index.Errors says why.
 //
 // The first read happens synchronously in Run before the source is marked
 // synced. After that every change under the directory, as reported by
@@ -30,33 +57,91 @@ import (
 // Only files whose bytes changed are decoded and given to the Index. A file
 // that becomes empty keeps its objects, because that is also what a file
 // being rewritten in place looks like; delete a file to remove its objects.
+// A file over FileSourceOptions.MaxFileSize is refused from its size alone,
+// and no read takes more than that limit into memory.
 type FileSource struct {
-	dir    string
-	source string
-	idx    *Index
-	log    *zap.Logger
+	dir         string
+	source      string
+	idx         *Index
+	log         *zap.Logger
+	maxFileSize int64
+	metrics     fileMetrics
 
 	// Run's goroutine owns everything below.
-	contents map[string][]byte // the bytes last read, per file
-	watched  map[string]bool   // directories with an fsnotify watch
-	reported map[string]bool   // conflict errors already logged
+	root     rootPath                     // what dir resolved to at the last good reload
+	elements []string                     // the root's path elements at the last resolution, good or not
+	tree     map[string]fs.FileInfo       // watched directories of the tree, with their identity when watched
+	links    map[string]fs.FileInfo       // watched directories holding the root's path elements
+	digests  map[string][sha256.Size]byte // per file, the digest of the bytes last applied
+	problems map[string]problem           // per subject, the problem last logged
+	reported map[string]bool              // conflict errors already logged
 
 	// onReload, when set (tests), is called after each reload with the files
 	// whose bytes changed (added, edited or deleted), sorted.
 	onReload func(changed []string)
 }
 
+// Reasons a file source counts a problem or a skipped document under; a
+// fixed set, so metric labels never take a value from the files.
+const (
+	problemDirUnavailable = "dir_unavailable"
+	problemTooLarge       = "too_large"
+	problemUnreadable     = "unreadable"
+	problemRejected       = "rejected"
+
+	skippedUnusedKind  = "unused_kind"
+	skippedUnknownKind = "unknown_kind"
+)
+
+// problem is a current problem of one subject (a file, or the root).
+type problem struct{ reason, msg string }
+
+type fileMetrics struct {
+	problems *prometheus.CounterVec
+	skipped  *prometheus.CounterVec
+}
+
+func newFileMetrics(reg prometheus.Registerer) fileMetrics {
+	m := fileMetrics{
+		problems: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peerd_config_file_problems_total",
+			Help: "Problems of the config directory that keep a last good state in force, counted when they appear, by reason: dir_unavailable, too_large, unreadable, rejected.",
+		}, []string{"reason"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peerd_config_documents_skipped_total",
+			Help: "Manifest documents left out, by reason: unused_kind (a Kubernetes or Gateway API kind peerd does not read), unknown_kind (a kind or version peerd does not know; logged as a warning).",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{problemDirUnavailable, problemTooLarge, problemUnreadable, problemRejected} {
+		m.problems.WithLabelValues(r)
+	}
+	for _, r := range []string{skippedUnusedKind, skippedUnknownKind} {
+		m.skipped.WithLabelValues(r)
+	}
+	if reg != nil {
+		reg.MustRegister(m.problems, m.skipped)
+	}
+	return m
+}
+
 // NewFileSource returns a source for dir and registers it with idx, so that
 // idx is not synced before this source's first load.
-func NewFileSource(dir string, idx *Index, log *zap.Logger) *FileSource {
+func NewFileSource(dir string, idx *Index, log *zap.Logger, opts FileSourceOptions) *FileSource {
+	if opts.MaxFileSize <= 0 {
+		opts.MaxFileSize = DefaultMaxFileSize
+	}
 	s := &FileSource{
-		dir:      dir,
-		source:   "files:" + dir,
-		idx:      idx,
-		log:      log,
-		contents: map[string][]byte{},
-		watched:  map[string]bool{},
-		reported: map[string]bool{},
+		dir:         dir,
+		source:      "files:" + dir,
+		idx:         idx,
+		log:         log,
+		maxFileSize: opts.MaxFileSize,
+		metrics:     newFileMetrics(opts.Registerer),
+		tree:        map[string]fs.FileInfo{},
+		links:       map[string]fs.FileInfo{},
+		digests:     map[string][sha256.Size]byte{},
+		problems:    map[string]problem{},
+		reported:    map[string]bool{},
 	}
 	idx.Register(s.source)
 	return s
@@ -67,30 +152,26 @@ func (s *FileSource) Source() string { return s.source }
 
 // Run loads the directory, marks the source synced and then follows changes
 // until ctx is done (it then returns nil). It fails when the directory cannot
-// be read or watched at the start; later problems are logged and reported
-// through Index.Errors while the last good state stays in force.
+// be read or watched at the start; later problems (the directory gone, a bad
+// file) are logged and reported through Index.Errors while the last good
+// state stays in force.
 func (s *FileSource) Run(ctx context.Context) error {
-	info, err := os.Stat(s.dir)
-	if err != nil {
-		return fmt.Errorf("config dir: %w", err)
-	}
-	if !info.IsDir() {
-		return fmt.Errorf("config dir %s: not a directory", s.dir)
+	if root := resolveRoot(s.dir); root.err != nil {
+		return root.err
 	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		return fmt.Errorf("config dir %s: watching: %w", s.dir, err)
 	}
 	defer w.Close()
-	// Watch before the first read, so that nothing written in between is
-	// missed: it will at worst cause one more reload.
-	if err := w.Add(s.dir); err != nil {
-		return fmt.Errorf("config dir %s: watching: %w", s.dir, err)
-	}
-	s.watched[s.dir] = true
+	// Watches are set before each read, so that nothing written in between
+	// is missed: it will at worst cause one more reload.
 	s.reload(w)
+	if _, ok := s.tree[s.root.dir]; !ok {
+		return fmt.Errorf("config dir %s: cannot be watched: %s", s.dir, s.problems[s.dir].msg)
+	}
 	s.idx.MarkSynced(s.source)
-	s.log.Info("config dir loaded", zap.String("dir", s.dir), zap.Int("files", len(s.contents)))
+	s.log.Info("config dir loaded", zap.String("dir", s.dir), zap.String("resolved", s.root.dir), zap.Int("files", len(s.digests)))
 
 	for {
 		select {
@@ -130,12 +211,26 @@ func (s *FileSource) Run(ctx context.Context) error {
 	}
 }
 
-// relevant reports whether ev may change what the directory defines. An
-// attribute-only change does not; everything else (including anything on
-// a ConfigMap's `..data` symlink) leads to a reload of the whole set, which
-// then only touches files whose bytes changed.
+// relevant reports whether ev may change what the directory defines: any
+// change but an attribute-only one inside the tree (including a ConfigMap's
+// `..data` symlink), and in the directories holding the root's path elements
+// only a change of those elements (the parent of a root in /tmp sees much
+// else). Whatever is relevant leads to a reload of the whole set, which
+// re-resolves the root and then only touches files whose bytes changed.
 func (s *FileSource) relevant(ev fsnotify.Event) bool {
-	return ev.Op != fsnotify.Chmod
+	if ev.Op == fsnotify.Chmod {
+		return false
+	}
+	if _, ok := s.tree[filepath.Dir(ev.Name)]; ok {
+		return true
+	}
+	if _, ok := s.tree[ev.Name]; ok {
+		return true // the root or a subdirectory itself moved or went away
+	}
+	if _, ok := s.links[ev.Name]; ok {
+		return true // a directory on the way to the root moved or went away
+	}
+	return slices.Contains(s.elements, ev.Name)
 }
 
 // watchError logs a watcher error and reports whether to reload: after an
@@ -148,11 +243,134 @@ func (s *FileSource) watchError(err error) bool {
 	return errors.Is(err, fsnotify.ErrEventOverflow)
 }
 
-// scan lists the manifest files and the directories to watch, both sorted.
-func (s *FileSource) scan() (files, dirs []string, err error) {
-	err = filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, err error) error {
+// rootPath is what the configured directory resolves to at one moment.
+type rootPath struct {
+	// dir is the resolved directory, without symlinks; empty with err.
+	dir  string
+	info fs.FileInfo
+	err  error
+	// elements are the paths (each below a resolved directory) whose change
+	// changes what the root resolves to: every symlink met on the way, the
+	// root's own entry in its parent, and, when resolution failed, the
+	// element that is missing. Their directories are watched.
+	elements []string
+}
+
+// maxSymlinks bounds symlink resolution as the kernel does (ELOOP).
+const maxSymlinks = 40
+
+// resolveRoot resolves dir element by element, as the kernel would, and
+// records the path elements a deploy tool may swap: the symlinks and the
+// last element.
+func resolveRoot(dir string) rootPath {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return rootPath{err: fmt.Errorf("config dir %s: %w", dir, err)}
+	}
+	var (
+		elements []string
+		pending  = splitPath(abs)
+		cur      = string(filepath.Separator)
+		links    int
+	)
+	fail := func(p string, err error) rootPath {
+		elements = append(elements, p)
+		if errors.Is(err, fs.ErrNotExist) {
+			err = fmt.Errorf("%s does not exist (deleted, or being replaced?)", p)
+		}
+		return rootPath{elements: elements, err: fmt.Errorf("config dir %s: %w", dir, err)}
+	}
+	for len(pending) > 0 {
+		name := pending[0]
+		pending = pending[1:]
+		if name == ".." {
+			cur = filepath.Dir(cur)
+			continue
+		}
+		p := filepath.Join(cur, name)
+		fi, err := os.Lstat(p)
 		if err != nil {
-			if path == s.dir {
+			return fail(p, err)
+		}
+		if fi.Mode()&fs.ModeSymlink != 0 {
+			elements = append(elements, p)
+			if links++; links > maxSymlinks {
+				return fail(p, errors.New("too many levels of symbolic links"))
+			}
+			target, err := os.Readlink(p)
+			if err != nil {
+				return fail(p, err)
+			}
+			if filepath.IsAbs(target) {
+				cur = string(filepath.Separator)
+			}
+			pending = append(splitPath(target), pending...)
+			continue
+		}
+		if !fi.IsDir() {
+			return fail(p, fmt.Errorf("%s is not a directory", p))
+		}
+		cur = p
+		if len(pending) == 0 {
+			elements = append(elements, p)
+			return rootPath{dir: p, info: fi, elements: elements}
+		}
+	}
+	// Only reached for "/" or a path that ends in "..": no element of it
+	// can be swapped in a way worth following.
+	fi, err := os.Stat(cur)
+	if err != nil {
+		return fail(cur, err)
+	}
+	return rootPath{dir: cur, info: fi, elements: elements}
+}
+
+// splitPath returns the non-empty, non-"." elements of p.
+func splitPath(p string) []string {
+	var out []string
+	for _, e := range strings.Split(p, string(filepath.Separator)) {
+		if e != "" && e != "." {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// followRoot resolves the root and watches the directories holding its path
+// elements. It resolves again after watching, until two resolutions agree,
+// so that a swap between a resolution and its watch is not missed.
+func (s *FileSource) followRoot(w *fsnotify.Watcher) rootPath {
+	root := resolveRoot(s.dir)
+	for range maxSymlinks {
+		want := map[string]fs.FileInfo{}
+		for _, e := range root.elements {
+			d := filepath.Dir(e)
+			if fi, err := os.Stat(d); err == nil {
+				want[d] = fi
+			}
+		}
+		s.syncWatches(w, s.links, want, s.tree)
+		again := resolveRoot(s.dir)
+		s.elements = again.elements
+		if slices.Equal(again.elements, root.elements) && again.dir == root.dir {
+			break
+		}
+		root = again
+	}
+	return root
+}
+
+// scanned is one manifest file found by a scan: its name (below the root as
+// configured, stable across flips) and the path it is read from.
+type scanned struct{ name, path string }
+
+// scan lists the manifest files and the directories of the tree below the
+// resolved root.
+func (s *FileSource) scan(root string) (files []scanned, dirs map[string]fs.FileInfo, err error) {
+	dirs = map[string]fs.FileInfo{}
+	err = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path == root {
 				return err
 			}
 			// A directory vanished while walking; the event for it will
@@ -160,14 +378,16 @@ func (s *FileSource) scan() (files, dirs []string, err error) {
 			s.log.Debug("walking config dir", zap.String("path", path), zap.Error(err))
 			return nil
 		}
-		if path != s.dir && strings.HasPrefix(d.Name(), ".") {
+		if path != root && strings.HasPrefix(d.Name(), ".") {
 			if d.IsDir() {
 				return filepath.SkipDir
 			}
 			return nil
 		}
 		if d.IsDir() {
-			dirs = append(dirs, path)
+			if fi, err := d.Info(); err == nil {
+				dirs[path] = fi
+			}
 			return nil
 		}
 		if ext := filepath.Ext(d.Name()); ext != ".yaml" && ext != ".yml" {
@@ -181,115 +401,281 @@ func (s *FileSource) scan() (files, dirs []string, err error) {
 		} else if !d.Type().IsRegular() {
 			return nil
 		}
-		files = append(files, path)
+		rel, err := filepath.Rel(root, path)
+		if err != nil {
+			return err
+		}
+		files = append(files, scanned{name: filepath.Join(s.dir, rel), path: path})
 		return nil
 	})
 	return files, dirs, err
 }
 
-// reload re-reads the directory and updates the Index for every file whose
-// bytes changed. A file that fails keeps its last good objects in force.
-func (s *FileSource) reload(w *fsnotify.Watcher) {
-	files, dirs, err := s.scan()
-	if err != nil {
-		// The directory itself is gone or unreadable: keep everything.
-		s.log.Error("reading config dir; keeping the last good state", zap.String("dir", s.dir), zap.Error(err))
-		s.idx.SetError(s.source, s.dir, fmt.Errorf("config dir %s: %w", s.dir, err))
-		return
-	}
-	s.idx.SetError(s.source, s.dir, nil)
-	s.syncWatches(w, dirs)
+// ErrTooLarge is wrapped by the error for a file over the size limit.
+var ErrTooLarge = errors.New("file too large")
 
-	var changed []string
-	present := make(map[string]bool, len(files))
-	for _, file := range files {
-		data, err := os.ReadFile(file)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed since the scan: handled as a deletion below
+// readLimited reads path, refusing a file over limit without reading more
+// than limit+1 bytes of it (it may grow between the stat and the read).
+func readLimited(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	if fi.Size() > limit {
+		return nil, fmt.Errorf("%w: %d bytes, over the limit of %d (--max-file-size)", ErrTooLarge, fi.Size(), limit)
+	}
+	var buf bytes.Buffer
+	buf.Grow(int(fi.Size()) + bytes.MinRead)
+	if _, err := buf.ReadFrom(io.LimitReader(f, limit+1)); err != nil {
+		return nil, err
+	}
+	if int64(buf.Len()) > limit {
+		return nil, fmt.Errorf("%w: over the limit of %d bytes (--max-file-size)", ErrTooLarge, limit)
+	}
+	return buf.Bytes(), nil
+}
+
+// read is one file's state in a reload: the digest of its bytes and, when
+// they differ from what was applied last, the bytes; or why they could not
+// be had. Unchanged bytes are not kept, so a reload holds at most the
+// changed files in memory.
+type read struct {
+	sum  [sha256.Size]byte
+	data []byte
+	err  error
+}
+
+// maxRescans bounds how often a reload starts over because a file it listed
+// vanished before it was read (a swap in progress).
+const maxRescans = 3
+
+// reload re-reads the directory and updates the Index for every file whose
+// bytes changed. A file that fails keeps its last good objects in force; a
+// root that cannot be read keeps everything.
+func (s *FileSource) reload(w *fsnotify.Watcher) {
+	var (
+		root    rootPath
+		files   map[string]read
+		changed []string
+	)
+	if s.onReload != nil {
+		defer func() {
+			slices.Sort(changed)
+			s.onReload(changed)
+		}()
+	}
+	for attempt := 1; ; attempt++ {
+		var complete bool
+		root, files, complete = s.gather(w)
+		if root.err != nil {
+			s.report(s.dir, problemDirUnavailable, root.err)
+			return
 		}
-		present[file] = true
-		if err != nil {
-			s.log.Error("reading manifest file; keeping its last good objects", zap.String("file", file), zap.Error(err))
-			s.idx.SetError(s.source, file, fmt.Errorf("%s: %w", file, err))
+		if complete || attempt == maxRescans {
+			break
+		}
+	}
+	if s.root.dir != "" && s.root.dir != root.dir {
+		s.log.Info("config dir now resolves elsewhere", zap.String("dir", s.dir), zap.String("from", s.root.dir), zap.String("to", root.dir))
+	}
+	s.root = root
+	s.report(s.dir, "", nil)
+
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		r := files[name]
+		switch {
+		case errors.Is(r.err, ErrTooLarge):
+			s.report(name, problemTooLarge, fmt.Errorf("%s: %w", name, r.err))
+			continue
+		case r.err != nil:
+			s.report(name, problemUnreadable, fmt.Errorf("%s: %w", name, r.err))
 			continue
 		}
-		old, known := s.contents[file]
-		if known && bytes.Equal(old, data) {
+		old, known := s.digests[name]
+		if known && old == r.sum {
+			// Readable again and unchanged: what was applied (or rejected)
+			// for these bytes still holds.
+			if p := s.problems[name]; p.reason == problemTooLarge || p.reason == problemUnreadable {
+				s.report(name, "", nil)
+			}
 			continue
 		}
-		if known && len(data) == 0 {
+		if known && len(r.data) == 0 {
 			// An editor saving in place truncates first and writes after;
 			// reading in between sees an empty file. Without a debounce
 			// timer that moment is visible here, so an emptied file keeps
 			// its objects (deleting the file removes them).
-			s.log.Debug("manifest file is empty; keeping its last objects", zap.String("file", file))
+			s.log.Debug("manifest file is empty; keeping its last objects", zap.String("file", name))
 			continue
 		}
-		s.contents[file] = data
-		changed = append(changed, file)
-		s.apply(file, data)
+		s.digests[name] = r.sum
+		changed = append(changed, name)
+		s.apply(name, r.data)
 	}
-	for file := range s.contents {
-		if present[file] {
+	for name := range s.digests {
+		if _, ok := files[name]; ok {
 			continue
 		}
-		delete(s.contents, file)
-		changed = append(changed, file)
-		s.idx.RemoveFile(s.source, file)
-		s.idx.SetError(s.source, file, nil)
-		s.log.Info("manifest file removed", zap.String("file", file))
+		delete(s.digests, name)
+		changed = append(changed, name)
+		s.idx.RemoveFile(s.source, name)
+		s.log.Info("manifest file removed", zap.String("file", name))
+	}
+	// Clear what is known about files that are gone, including those that
+	// were never applied (too large, unreadable).
+	for subject := range s.problems {
+		if _, ok := files[subject]; !ok && subject != s.dir {
+			s.report(subject, "", nil)
+		}
 	}
 	s.logNewConflicts()
-	if s.onReload != nil {
-		slices.Sort(changed)
-		s.onReload(changed)
+}
+
+// gather resolves the root, watches it, and reads every manifest file. It
+// reports complete == false when a file it listed vanished before it could
+// be read: the tree is being swapped, and a later scan will see the result.
+func (s *FileSource) gather(w *fsnotify.Watcher) (root rootPath, files map[string]read, complete bool) {
+	root = s.followRoot(w)
+	if root.err != nil {
+		return root, nil, true
 	}
+	var list []scanned
+	// Watch what the scan found, then scan again until no directory is new,
+	// so that nothing written into a new directory before its watch existed
+	// is missed.
+	for range maxSymlinks {
+		var (
+			dirs map[string]fs.FileInfo
+			err  error
+		)
+		list, dirs, err = s.scan(root.dir)
+		if err != nil {
+			root.err = fmt.Errorf("config dir %s: %w", s.dir, err)
+			return root, nil, true
+		}
+		if !s.syncWatches(w, s.tree, dirs, s.links) {
+			break
+		}
+	}
+	files = make(map[string]read, len(list))
+	complete = true
+	for _, f := range list {
+		data, err := readLimited(f.path, s.maxFileSize)
+		if errors.Is(err, fs.ErrNotExist) {
+			complete = false
+			continue
+		}
+		r := read{data: data, err: err}
+		if err == nil {
+			r.sum = sha256.Sum256(data)
+			if old, ok := s.digests[f.name]; ok && old == r.sum {
+				r.data = nil
+			}
+		}
+		files[f.name] = r
+	}
+	return root, files, complete
 }
 
 // apply decodes one file and, if it is good as a whole, makes it the file's
 // set of objects.
 func (s *FileSource) apply(file string, data []byte) {
-	skip := func(file string, doc int, gvk schema.GroupVersionKind, name string) {
-		s.log.Debug("skipping a kind peerd does not read", zap.String("file", file), zap.Int("document", doc),
-			zap.String("kind", gvk.String()), zap.String("name", name))
+	skip := func(sk Skipped) {
+		fields := []zap.Field{zap.String("file", sk.File), zap.Int("document", sk.Document),
+			zap.String("apiVersion", sk.GVK.GroupVersion().String()), zap.String("kind", sk.GVK.Kind), zap.String("name", sk.Name)}
+		if sk.Item >= 0 {
+			fields = append(fields, zap.Int("item", sk.Item))
+		}
+		if sk.Warn {
+			s.metrics.skipped.WithLabelValues(skippedUnknownKind).Inc()
+			s.log.Warn("skipping a document: "+sk.Reason, fields...)
+			return
+		}
+		s.metrics.skipped.WithLabelValues(skippedUnusedKind).Inc()
+		s.log.Debug("skipping a document: "+sk.Reason, fields...)
 	}
 	objs, err := decodeManifests(file, data, skip)
 	if err == nil {
 		err = s.idx.ReplaceFile(s.source, file, objs)
 	}
 	if err != nil {
-		s.log.Error("manifest file rejected; its last good objects stay in force", zap.String("file", file), zap.Error(err))
-		s.idx.SetError(s.source, file, err)
+		s.report(file, problemRejected, err)
 		return
 	}
-	s.idx.SetError(s.source, file, nil)
+	s.report(file, "", nil)
 	s.log.Debug("manifest file loaded", zap.String("file", file), zap.Int("objects", len(objs)))
 }
 
-// syncWatches watches every directory in dirs and forgets the others. New
-// directories are read in the same reload, so files written before their
-// watch existed are not missed.
-func (s *FileSource) syncWatches(w *fsnotify.Watcher, dirs []string) {
-	want := make(map[string]bool, len(dirs))
-	for _, d := range dirs {
-		want[d] = true
-		if s.watched[d] {
+// report records (err != nil) or clears a problem about subject in the
+// Index, and logs and counts it when it is new or different: a file that
+// stays too large is logged once, not on every reload.
+func (s *FileSource) report(subject, reason string, err error) {
+	if err == nil {
+		if _, ok := s.problems[subject]; ok {
+			delete(s.problems, subject)
+			s.idx.SetError(s.source, subject, nil)
+		}
+		return
+	}
+	s.idx.SetError(s.source, subject, err)
+	if p := (problem{reason, err.Error()}); s.problems[subject] != p {
+		s.problems[subject] = p
+		s.metrics.problems.WithLabelValues(reason).Inc()
+		s.log.Error("config dir problem; the last good state stays in force", zap.String("subject", subject), zap.String("reason", reason), zap.Error(err))
+	}
+}
+
+// syncWatches makes the watches recorded in have match want: a directory is
+// watched when it is new, or when it is now another directory than the one
+// watched under its name (a swap: the old watch follows the old directory),
+// or when fsnotify dropped its watch (the directory was moved or deleted).
+// Directories no longer wanted lose their watch unless keep still wants
+// them. It reports whether a directory was newly watched.
+func (s *FileSource) syncWatches(w *fsnotify.Watcher, have, want, keep map[string]fs.FileInfo) bool {
+	live := map[string]bool{}
+	for _, d := range w.WatchList() {
+		live[d] = true
+	}
+	added := false
+	for d, fi := range want {
+		if old, ok := have[d]; ok && live[d] && os.SameFile(old, fi) {
 			continue
+		}
+		if live[d] {
+			// The name now holds another directory: drop the watch that
+			// follows the old one before watching the new.
+			_ = w.Remove(d)
 		}
 		if err := w.Add(d); err != nil {
-			s.log.Error("watching config subdirectory", zap.String("dir", d), zap.Error(err))
+			// Gone again already: the event for that brings another reload.
+			s.log.Debug("watching config directory", zap.String("dir", d), zap.Error(err))
+			delete(have, d)
 			continue
 		}
-		s.watched[d] = true
+		have[d] = fi
+		live[d] = true
+		added = true
 	}
-	for d := range s.watched {
-		if !want[d] {
+	for d := range have {
+		if _, ok := want[d]; ok {
+			continue
+		}
+		delete(have, d)
+		if _, ok := keep[d]; !ok && live[d] {
 			// The kernel drops the watch of a removed directory itself;
 			// Remove fails then, which is fine.
 			_ = w.Remove(d)
-			delete(s.watched, d)
 		}
 	}
+	return added
 }
 
 // logNewConflicts logs each object conflict once when it appears; Errors

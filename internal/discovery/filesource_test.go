@@ -29,7 +29,7 @@ type fileHarness struct {
 func newFileHarness(t *testing.T, dir string) *fileHarness {
 	t.Helper()
 	h := &fileHarness{t: t, dir: dir, idx: NewIndex(), reloads: make(chan []string, 64)}
-	h.src = NewFileSource(dir, h.idx, zaptest.NewLogger(t))
+	h.src = NewFileSource(dir, h.idx, zaptest.NewLogger(t), FileSourceOptions{})
 	return h
 }
 
@@ -395,7 +395,7 @@ func TestFileSourceEmptiedFileKeepsObjects(t *testing.T) {
 
 func TestFileSourceRunFailsWithoutDirectory(t *testing.T) {
 	idx := NewIndex()
-	src := NewFileSource(filepath.Join(t.TempDir(), "missing"), idx, zaptest.NewLogger(t))
+	src := NewFileSource(filepath.Join(t.TempDir(), "missing"), idx, zaptest.NewLogger(t), FileSourceOptions{})
 	if err := src.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Errorf("Run on a missing directory = %v, want an error naming it", err)
 	}

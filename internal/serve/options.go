@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/peerd-mesh/peerd/internal/discovery"
 )
 
 // defaultDrainDuration spreads the reconnects of every ztunnel of a replica
@@ -26,6 +28,8 @@ type Options struct {
 	// means in-cluster configuration).
 	ConfigDir  string
 	Kubeconfig string
+	// MaxFileSize is the largest manifest file the file source reads.
+	MaxFileSize int64
 
 	CADir            string
 	Listen           string
@@ -55,6 +59,7 @@ func DefaultOptions() Options {
 		GlobalSuffix:     "mesh.internal",
 		Listen:           ":15012",
 		MonitoringListen: ":15014",
+		MaxFileSize:      discovery.DefaultMaxFileSize,
 		MaxConnectionAge: 30 * time.Minute,
 		// ztunnel and peer links open one stream per connection; the cap
 		// stops one connection from holding thousands.
@@ -93,6 +98,9 @@ func (o Options) Validate() error {
 	}
 	if o.DrainDuration < 0 {
 		errs = append(errs, fmt.Errorf("--drain-duration %v: must not be negative", o.DrainDuration))
+	}
+	if o.MaxFileSize <= 0 {
+		errs = append(errs, fmt.Errorf("--max-file-size %d: must be positive", o.MaxFileSize))
 	}
 	if o.MaxConnectionAge < 0 {
 		errs = append(errs, fmt.Errorf("--max-connection-age %v: must not be negative", o.MaxConnectionAge))

@@ -23,6 +23,7 @@ func TestValidate(t *testing.T) {
 		{"negative connection age", func(o *Options) { o.MaxConnectionAge = -1 }, "--max-connection-age"},
 		{"negative drain duration", func(o *Options) { o.DrainDuration = -1 }, "--drain-duration"},
 		{"no drain window", func(o *Options) { o.DrainDuration = 0 }, ""},
+		{"no file size limit", func(o *Options) { o.MaxFileSize = 0 }, "--max-file-size"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -72,7 +72,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	status.rejected = addresses.RejectedErrors
 	log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd until the istiod relay exists")
 
-	sources, events, err := startSources(ctx, opts, index, log)
+	sources, events, err := startSources(ctx, opts, index, log, reg)
 	if err != nil {
 		return err
 	}
@@ -214,9 +214,9 @@ func newGRPCServer(opts Options, creds credentials.TransportCredentials, drain *
 
 // startSources builds the configured source and returns its run function
 // and, for Kubernetes, the recorder of warning Events.
-func startSources(ctx context.Context, opts Options, index *discovery.Index, log *zap.Logger) ([]func(context.Context) error, *warningEvents, error) {
+func startSources(ctx context.Context, opts Options, index *discovery.Index, log *zap.Logger, reg prometheus.Registerer) ([]func(context.Context) error, *warningEvents, error) {
 	if opts.ConfigDir != "" {
-		files := discovery.NewFileSource(opts.ConfigDir, index, log.Named("files"))
+		files := discovery.NewFileSource(opts.ConfigDir, index, log.Named("files"), discovery.FileSourceOptions{MaxFileSize: opts.MaxFileSize, Registerer: reg})
 		return []func(context.Context) error{files.Run}, nil, nil
 	}
 	cfg, err := kubeConfig(opts.Kubeconfig)
