@@ -51,10 +51,14 @@ type FileSourceOptions struct {
 // in force and Index.Errors says why.
 //
 // The first read happens synchronously in Run before the source is marked
-// synced. After that every change under the directory, as reported by
-// fsnotify, triggers a reload of the whole set once the events already
-// queued have been drained: changes are coalesced, never delayed by a timer.
-// Only files whose bytes changed are decoded and given to the Index. A file
+// synced. After that, once the fsnotify events already queued have been
+// drained (changes are coalesced, never delayed by a timer), events that
+// name manifest files only re-read those files, so a change costs what it
+// touches; any other change (a directory, the root, a symlink on the way to
+// it, a ConfigMap's `..data`, a lost event) reloads the whole set. Events on
+// dot-files (an editor's or a tool's temporary file) are ignored: such files
+// are never read, and renaming one into place is an event of its own. Only
+// files whose bytes changed are decoded and given to the Index. A file
 // that becomes empty keeps its objects, because that is also what a file
 // being rewritten in place looks like; delete a file to remove its objects.
 // A file over FileSourceOptions.MaxFileSize is refused from its size alone,
@@ -77,8 +81,10 @@ type FileSource struct {
 	reported map[string]bool              // conflict errors already logged
 
 	// onReload, when set (tests), is called after each reload with the files
-	// whose bytes changed (added, edited or deleted), sorted.
+	// whose bytes changed (added, edited or deleted), sorted; onRead with
+	// every file path read.
 	onReload func(changed []string)
+	onRead   func(path string)
 }
 
 // Reasons a file source counts a problem or a skipped document under; a
@@ -181,24 +187,32 @@ func (s *FileSource) Run(ctx context.Context) error {
 			if !ok {
 				return errors.New("fsnotify event channel closed")
 			}
-			relevant := s.relevant(ev)
 			// Coalesce: take whatever else is already queued, then reload
-			// once. There is no timer: a change is never held back.
+			// once. There is no timer: a change is never held back. Events
+			// on manifest files alone reload just those files; anything
+			// else (directories, the root, symlinks on the way to it, a
+			// ConfigMap's `..data`) reloads the whole set.
+			var full bool
+			files := map[string]bool{}
+			s.note(ev, files, &full)
 			for drained := false; !drained; {
 				select {
 				case ev, ok := <-w.Events:
 					if !ok {
 						return errors.New("fsnotify event channel closed")
 					}
-					relevant = s.relevant(ev) || relevant
+					s.note(ev, files, &full)
 				case err := <-w.Errors:
-					relevant = s.watchError(err) || relevant
+					full = s.watchError(err) || full
 				default:
 					drained = true
 				}
 			}
-			if relevant {
+			switch {
+			case full:
 				s.reload(w)
+			case len(files) > 0:
+				s.reloadFiles(w, files)
 			}
 		case err, ok := <-w.Errors:
 			if !ok {
@@ -209,6 +223,65 @@ func (s *FileSource) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// note records what ev asks to reload: the manifest file it names, nothing
+// (a temporary dot-file, or a file that is no manifest), or the whole set
+// (full) for anything else that is relevant: directories, the root and the
+// symlinks on the way to it, a ConfigMap's `..data` and its siblings.
+func (s *FileSource) note(ev fsnotify.Event, files map[string]bool, full *bool) {
+	if !s.relevant(ev) {
+		return
+	}
+	switch s.classify(ev) {
+	case eventFile:
+		files[ev.Name] = true
+	case eventIgnored:
+	default:
+		*full = true
+	}
+}
+
+type eventClass int
+
+const (
+	eventFull eventClass = iota
+	eventFile
+	eventIgnored
+)
+
+// classify sorts a relevant event: one about a single entry directly inside
+// a watched directory of the tree can be handled alone; the rest needs a
+// full reload.
+func (s *FileSource) classify(ev fsnotify.Event) eventClass {
+	if s.root.dir == "" {
+		return eventFull
+	}
+	if _, ok := s.tree[filepath.Dir(ev.Name)]; !ok {
+		return eventFull
+	}
+	if _, ok := s.tree[ev.Name]; ok {
+		return eventFull
+	}
+	if _, ok := s.links[ev.Name]; ok || slices.Contains(s.elements, ev.Name) {
+		return eventFull
+	}
+	base := filepath.Base(ev.Name)
+	switch {
+	case strings.HasPrefix(base, ".."):
+		return eventFull // a ConfigMap mount's ..data flip re-points every file
+	case strings.HasPrefix(base, "."):
+		return eventIgnored // never read; renaming it into place is an event of its own
+	}
+	if ext := filepath.Ext(base); ext == ".yaml" || ext == ".yml" {
+		return eventFile
+	}
+	if ev.Has(fsnotify.Create) {
+		if fi, err := os.Stat(ev.Name); err != nil || fi.IsDir() {
+			return eventFull // a new directory must be watched and read
+		}
+	}
+	return eventIgnored // a file that is no manifest
 }
 
 // relevant reports whether ev may change what the directory defines: any
@@ -411,6 +484,14 @@ func (s *FileSource) scan(root string) (files []scanned, dirs map[string]fs.File
 	return files, dirs, err
 }
 
+// readFile reads one manifest file within the size limit.
+func (s *FileSource) readFile(path string) ([]byte, error) {
+	if s.onRead != nil {
+		s.onRead(path)
+	}
+	return readLimited(path, s.maxFileSize)
+}
+
 // ErrTooLarge is wrapped by the error for a file over the size limit.
 var ErrTooLarge = errors.New("file too large")
 
@@ -490,50 +571,111 @@ func (s *FileSource) reload(w *fsnotify.Watcher) {
 	s.report(s.dir, "", nil)
 
 	for _, name := range slices.Sorted(maps.Keys(files)) {
-		r := files[name]
-		switch {
-		case errors.Is(r.err, ErrTooLarge):
-			s.report(name, problemTooLarge, fmt.Errorf("%s: %w", name, r.err))
-			continue
-		case r.err != nil:
-			s.report(name, problemUnreadable, fmt.Errorf("%s: %w", name, r.err))
-			continue
+		if s.applyRead(name, files[name]) {
+			changed = append(changed, name)
 		}
-		old, known := s.digests[name]
-		if known && old == r.sum {
-			// Readable again and unchanged: what was applied (or rejected)
-			// for these bytes still holds.
-			if p := s.problems[name]; p.reason == problemTooLarge || p.reason == problemUnreadable {
-				s.report(name, "", nil)
-			}
-			continue
-		}
-		if known && len(r.data) == 0 {
-			// An editor saving in place truncates first and writes after;
-			// reading in between sees an empty file. Without a debounce
-			// timer that moment is visible here, so an emptied file keeps
-			// its objects (deleting the file removes them).
-			s.log.Debug("manifest file is empty; keeping its last objects", zap.String("file", name))
-			continue
-		}
-		s.digests[name] = r.sum
-		changed = append(changed, name)
-		s.apply(name, r.data)
 	}
 	for name := range s.digests {
 		if _, ok := files[name]; ok {
 			continue
 		}
-		delete(s.digests, name)
+		s.removeFile(name)
 		changed = append(changed, name)
-		s.idx.RemoveFile(s.source, name)
-		s.log.Info("manifest file removed", zap.String("file", name))
 	}
 	// Clear what is known about files that are gone, including those that
 	// were never applied (too large, unreadable).
 	for subject := range s.problems {
 		if _, ok := files[subject]; !ok && subject != s.dir {
 			s.report(subject, "", nil)
+		}
+	}
+	s.logNewConflicts()
+}
+
+// applyRead applies one file's read and reports whether its bytes changed.
+func (s *FileSource) applyRead(name string, r read) bool {
+	switch {
+	case errors.Is(r.err, ErrTooLarge):
+		s.report(name, problemTooLarge, fmt.Errorf("%s: %w", name, r.err))
+		return false
+	case r.err != nil:
+		s.report(name, problemUnreadable, fmt.Errorf("%s: %w", name, r.err))
+		return false
+	}
+	old, known := s.digests[name]
+	if known && old == r.sum {
+		// Readable again and unchanged: what was applied (or rejected)
+		// for these bytes still holds.
+		if p := s.problems[name]; p.reason == problemTooLarge || p.reason == problemUnreadable {
+			s.report(name, "", nil)
+		}
+		return false
+	}
+	if known && len(r.data) == 0 {
+		// An editor saving in place truncates first and writes after;
+		// reading in between sees an empty file. Without a debounce
+		// timer that moment is visible here, so an emptied file keeps
+		// its objects (deleting the file removes them).
+		s.log.Debug("manifest file is empty; keeping its last objects", zap.String("file", name))
+		return false
+	}
+	s.digests[name] = r.sum
+	s.apply(name, r.data)
+	return true
+}
+
+// removeFile forgets a file that is gone, and its objects.
+func (s *FileSource) removeFile(name string) {
+	delete(s.digests, name)
+	s.idx.RemoveFile(s.source, name)
+	s.log.Info("manifest file removed", zap.String("file", name))
+}
+
+// reloadFiles re-reads only the given files (paths below the resolved
+// root, from events that named nothing but them), so a change costs what it
+// touches rather than a read of the whole directory. Anything unexpected,
+// such as a directory under a manifest's name, falls back to a full reload.
+func (s *FileSource) reloadFiles(w *fsnotify.Watcher, paths map[string]bool) {
+	var changed []string
+	if s.onReload != nil {
+		defer func() {
+			slices.Sort(changed)
+			s.onReload(changed)
+		}()
+	}
+	for _, path := range slices.Sorted(maps.Keys(paths)) {
+		rel, err := filepath.Rel(s.root.dir, path)
+		if err != nil {
+			s.reload(w)
+			return
+		}
+		name := filepath.Join(s.dir, rel)
+		fi, err := os.Stat(path) // follows a symlinked file, as scan does
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			if _, known := s.digests[name]; known {
+				s.removeFile(name)
+				changed = append(changed, name)
+			}
+			s.report(name, "", nil)
+			continue
+		case err == nil && fi.IsDir():
+			s.reload(w)
+			return
+		case err == nil && !fi.Mode().IsRegular():
+			continue // a dangling or special file is no manifest, as in scan
+		}
+		data, err := s.readFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			s.reload(w) // replaced while we looked: read everything
+			return
+		}
+		r := read{data: data, err: err}
+		if err == nil {
+			r.sum = sha256.Sum256(data)
+		}
+		if s.applyRead(name, r) {
+			changed = append(changed, name)
 		}
 	}
 	s.logNewConflicts()
@@ -568,7 +710,7 @@ func (s *FileSource) gather(w *fsnotify.Watcher) (root rootPath, files map[strin
 	files = make(map[string]read, len(list))
 	complete = true
 	for _, f := range list {
-		data, err := readLimited(f.path, s.maxFileSize)
+		data, err := s.readFile(f.path)
 		if errors.Is(err, fs.ErrNotExist) {
 			complete = false
 			continue

@@ -403,3 +403,54 @@ func TestFileSourceRunFailsWithoutDirectory(t *testing.T) {
 		t.Error("index synced although the source never loaded")
 	}
 }
+
+// An edit of one manifest file reads that file alone, so a change costs
+// what it touches and not a read of the whole directory; a new directory
+// still leads to a full reload that finds and watches it.
+func TestFileSourceEditReadsOnlyTheEditedFile(t *testing.T) {
+	dir := t.TempDir()
+	h := newFileHarness(t, dir)
+	for i := range 20 {
+		h.write(fmt.Sprintf("pods/p%d.yaml", i), podYAML("apps", fmt.Sprintf("p%d", i), fmt.Sprintf("10.244.0.%d", i+1)))
+	}
+	reads := make(chan string, 1000)
+	h.src.onRead = func(path string) { reads <- path }
+	h.start()
+	for len(reads) > 0 {
+		<-reads // the first load
+	}
+	drained := func() []string {
+		var out []string
+		for len(reads) > 0 {
+			out = append(out, filepath.Base(<-reads))
+		}
+		return out
+	}
+
+	h.write("pods/p7.yaml", podYAML("apps", "p7", "10.244.1.7"))
+	h.waitReloadOf(h.path("pods/p7.yaml"))
+	// Late events of the same write may read it again; nothing else may
+	// be read.
+	if got := slices.Compact(drained()); !slices.Equal(got, []string{"p7.yaml"}) {
+		t.Fatalf("an edit of p7.yaml read %v, want p7.yaml alone", got)
+	}
+
+	if err := os.Remove(h.path("pods/p3.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	h.waitUntil("p3 removed", func() bool { return !h.has("pod apps/p3") })
+	if got := drained(); len(got) != 0 {
+		t.Fatalf("a deletion read %v, want nothing", got)
+	}
+
+	h.write("more/q.yaml", podYAML("apps", "q", "10.244.2.1"))
+	h.waitUntil("a file in a new directory", func() bool { return h.has("pod apps/q") })
+	h.write("more/q.yaml", podYAML("apps", "q", "10.244.2.2"))
+	h.waitReloadOf(h.path("more/q.yaml"))
+	drained()
+	h.write("more/q.yaml", podYAML("apps", "q", "10.244.2.3"))
+	h.waitReloadOf(h.path("more/q.yaml"))
+	if got := slices.Compact(drained()); !slices.Equal(got, []string{"q.yaml"}) {
+		t.Fatalf("an edit in a directory created later read %v, want q.yaml alone", got)
+	}
+}

@@ -137,17 +137,21 @@ type Index struct {
 	// pending are the keys whose object in force changed since the last
 	// TakeChanges. Guarded by mu.
 	pending map[Key]struct{}
+	// conflicts are the keys claimed by more than one origin, so that
+	// Errors costs the conflicts, not every object. Guarded by mu.
+	conflicts map[Key]struct{}
 }
 
 // NewIndex returns an empty index with no sources registered.
 func NewIndex() *Index {
 	return &Index{
-		changed:  make(chan struct{}, 1),
-		claims:   map[Key][]claim{},
-		files:    map[origin][]Key{},
-		sources:  map[string]*sourceState{},
-		syncedCh: make(chan struct{}),
-		pending:  map[Key]struct{}{},
+		changed:   make(chan struct{}, 1),
+		claims:    map[Key][]claim{},
+		files:     map[origin][]Key{},
+		sources:   map[string]*sourceState{},
+		syncedCh:  make(chan struct{}),
+		pending:   map[Key]struct{}{},
+		conflicts: map[Key]struct{}{},
 	}
 }
 
@@ -387,6 +391,7 @@ func (x *Index) Files(source string) []string {
 // putLocked records from's version of key and reports whether the object in
 // force changed. Must be called under lock.
 func (x *Index) putLocked(key Key, from origin, obj runtime.Object) bool {
+	defer x.trackConflictLocked(key)
 	cs := x.claims[key]
 	for i := range cs {
 		if cs[i].from != from {
@@ -405,6 +410,7 @@ func (x *Index) putLocked(key Key, from origin, obj runtime.Object) bool {
 // dropLocked removes from's claim on key and reports whether the object in
 // force changed. Must be called under lock.
 func (x *Index) dropLocked(key Key, from origin) bool {
+	defer x.trackConflictLocked(key)
 	cs := x.claims[key]
 	for i := range cs {
 		if cs[i].from != from {
@@ -426,6 +432,16 @@ func (x *Index) dropLocked(key Key, from origin) bool {
 		return len(cs) == 0 || !sameObject(dropped, cs[0].obj, false)
 	}
 	return false
+}
+
+// trackConflictLocked records whether key is claimed by several origins.
+// Must be called under lock.
+func (x *Index) trackConflictLocked(key Key) {
+	if len(x.claims[key]) > 1 {
+		x.conflicts[key] = struct{}{}
+	} else {
+		delete(x.conflicts, key)
+	}
 }
 
 // sameObject reports whether b changes nothing compared to a: the same
@@ -521,11 +537,9 @@ func (x *Index) Errors() []error {
 			out = append(out, errs[s])
 		}
 	}
-	var conflicts []Key
-	for key, cs := range x.claims {
-		if len(cs) > 1 {
-			conflicts = append(conflicts, key)
-		}
+	conflicts := make([]Key, 0, len(x.conflicts))
+	for key := range x.conflicts {
+		conflicts = append(conflicts, key)
 	}
 	slices.SortFunc(conflicts, compareKeys)
 	for _, key := range conflicts {
