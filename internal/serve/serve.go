@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -102,6 +103,11 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 		SystemNamespace: opts.SystemNamespace,
 	}, index, addresses, events, log, reg)
 	model.update()
+	// The first load decodes every object, and its garbage is several
+	// times the heap that stays live (at 100,000 pods, about 950 MB in use
+	// against 470 MB live). Collect it and hand it back to the OS now,
+	// rather than carry the start-up peak as RSS for the life of the process.
+	debug.FreeOSMemory()
 	go model.run(ctx)
 	log.Info("sources synced; first model built", zap.Int("addresses", addresses.Len()))
 
