@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	"github.com/peerd-mesh/peerd/internal/xds"
@@ -45,7 +46,7 @@ func TestMonitoringDebugIsLoopbackOnly(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			reg := prometheus.NewRegistry()
-			reg.MustRegister(prometheus.NewGoCollector())
+			reg.MustRegister(collectors.NewGoCollector())
 			h := monitoringHandler(reg, newStatus(discovery.NewIndex(), reg), xds.NewCache(xds.AddressTypeURL), tc.allowRemote)
 			req := httptest.NewRequest(http.MethodGet, tc.path, nil)
 			req.RemoteAddr = tc.peer
