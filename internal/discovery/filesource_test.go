@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap/zaptest"
+	corev1 "k8s.io/api/core/v1"
 )
 
 // fileHarness runs a FileSource on a temporary directory. Tests wait for
@@ -427,8 +428,17 @@ func TestFileSourceEditReadsOnlyTheEditedFile(t *testing.T) {
 		return out
 	}
 
+	// podIP waits until the index holds the pod at ip: its file was read
+	// before that.
+	podIP := func(name, ip string) {
+		t.Helper()
+		h.waitUntil(name+" at "+ip, func() bool {
+			p, _ := h.idx.Get(Key{Kind: KindPod, Namespace: "apps", Name: name}).(*corev1.Pod)
+			return p != nil && p.Status.PodIP == ip
+		})
+	}
 	h.write("pods/p7.yaml", podYAML("apps", "p7", "10.244.1.7"))
-	h.waitReloadOf(h.path("pods/p7.yaml"))
+	podIP("p7", "10.244.1.7")
 	// Late events of the same write may read it again; nothing else may
 	// be read.
 	if got := slices.Compact(drained()); !slices.Equal(got, []string{"p7.yaml"}) {
@@ -446,10 +456,10 @@ func TestFileSourceEditReadsOnlyTheEditedFile(t *testing.T) {
 	h.write("more/q.yaml", podYAML("apps", "q", "10.244.2.1"))
 	h.waitUntil("a file in a new directory", func() bool { return h.has("pod apps/q") })
 	h.write("more/q.yaml", podYAML("apps", "q", "10.244.2.2"))
-	h.waitReloadOf(h.path("more/q.yaml"))
+	podIP("q", "10.244.2.2")
 	drained()
 	h.write("more/q.yaml", podYAML("apps", "q", "10.244.2.3"))
-	h.waitReloadOf(h.path("more/q.yaml"))
+	podIP("q", "10.244.2.3")
 	if got := slices.Compact(drained()); !slices.Equal(got, []string{"q.yaml"}) {
 		t.Fatalf("an edit in a directory created later read %v, want q.yaml alone", got)
 	}

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -69,7 +70,7 @@ func TestFleetWaitsForEveryStreamToGetNewVersions(t *testing.T) {
 	}
 	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancelShort()
-	if _, _, err := f.Wait(short, c); err == nil || !strings.Contains(err.Error(), "reached 0 of 205 streams") {
+	if _, _, err := f.Wait(short, c); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("reached 0 of %d streams", streamsPerConn+5)) {
 		t.Fatalf("Wait after half the change: %v, want a timeout with no stream done", err)
 	}
 	if err := cache.UpdateResource("b", address("b", "n2")); err != nil {
