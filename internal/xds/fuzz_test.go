@@ -112,7 +112,8 @@ func (in *fuzzInput) request(lastNonce string) *discovery.DeltaDiscoveryRequest 
 //
 // Long run: go test -run '^$' -fuzz FuzzStreamRequests -fuzztime 10m ./internal/xds/
 func FuzzStreamRequests(f *testing.F) {
-	f.Add([]byte{0, 0, 0})                            // legacy wildcard subscription
+	f.Add([]byte{0x1f, 0, 0, 0, 0})                   // legacy wildcard subscription to the full cache
+	f.Add([]byte{0x1f, 0, 0, 0, 1, 1, 3, 0x03, 0, 4}) // on-demand by name and alias, then a change
 	f.Add([]byte{1, 0, 1, 1, 0, 4, 0, 1, 2, 3, 8, 5}) // on-demand then ACK and changes
 	f.Add([]byte{0, 0, 2, 3, 1, 1, 5, 'v', '1', 9, 0, 8, 0})
 	f.Add([]byte{0, 2, 0, 0, 2, 1, 0, 0, 2, 2, 0, 0, 2, 3, 0})
