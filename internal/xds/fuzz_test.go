@@ -108,12 +108,14 @@ func (in *fuzzInput) request(lastNonce string) *discovery.DeltaDiscoveryRequest 
 // the input, changing the cache between them. Invariants: no panic; the
 // stream either stays usable (a probe subscription is answered) or ends
 // with a gRPC status; responses carry only resources that were in the
-// cache; every initial request for a served type is answered.
+// cache; every initial request for a served type is answered; metric labels
+// take no value from the client.
 //
 // Long run: go test -run '^$' -fuzz FuzzStreamRequests -fuzztime 10m ./internal/xds/
 func FuzzStreamRequests(f *testing.F) {
 	f.Add([]byte{0x1f, 0, 0, 0, 0})                   // legacy wildcard subscription to the full cache
 	f.Add([]byte{0x1f, 0, 0, 0, 1, 1, 3, 0x03, 0, 4}) // on-demand by name and alias, then a change
+	f.Add([]byte{0, 0, 2, 0, 0})                      // a type URL the server does not serve
 	f.Add([]byte{1, 0, 1, 1, 0, 4, 0, 1, 2, 3, 8, 5}) // on-demand then ACK and changes
 	f.Add([]byte{0, 0, 2, 3, 1, 1, 5, 'v', '1', 9, 0, 8, 0})
 	f.Add([]byte{0, 2, 0, 0, 2, 1, 0, 0, 2, 2, 0, 0, 2, 3, 0})
@@ -239,6 +241,22 @@ func FuzzStreamRequests(f *testing.F) {
 		if ended() {
 			if _, ok := status.FromError(r.err); !ok || status.Code(r.err) == 0 {
 				t.Fatalf("stream ended without a gRPC status: %v", r.err)
+			}
+		}
+
+		// Metric labels never take a value the client chose.
+		families, err := e.reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		types := map[string]bool{shortType(AddressTypeURL): true, shortType(AuthorizationTypeURL): true, "unknown": true}
+		for _, mf := range families {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "type" && !types[l.GetValue()] {
+						t.Fatalf("metric %s has type label %q from a client", mf.GetName(), l.GetValue())
+					}
+				}
 			}
 		}
 
