@@ -132,22 +132,26 @@ func (h *hostile) conn(t *testing.T) *grpc.ClientConn {
 
 // flood sends n requests made by req, as fast as the stream takes them,
 // without reading; it stops early when the server ends the stream and
-// returns how many were sent.
-func (o *offender) flood(n int, req func(i int) *discovery.DeltaDiscoveryRequest) int {
+// returns how many were sent. It may run on its own goroutine, so it
+// returns a failed send (other than the stream's end) instead of failing
+// the test.
+func (o *offender) flood(n int, req func(i int) *discovery.DeltaDiscoveryRequest) (int, error) {
 	for i := 0; i < n; i++ {
 		if err := o.stream.Send(req(i)); err != nil {
 			if !errors.Is(err, io.EOF) {
-				o.t.Fatalf("send %d: %v", i, err)
+				return i, fmt.Errorf("send %d: %w", i, err)
 			}
-			return i
+			return i, nil
 		}
 	}
-	return n
+	return n, nil
 }
 
 // floodReading is flood while another goroutine reads every response, as a
-// client that does read but asks for too much.
-func (o *offender) floodReading(n int, req func(i int) *discovery.DeltaDiscoveryRequest) (sent int, err error) {
+// client that does read but asks for too much. It returns how many requests
+// were sent and why the stream ended.
+func (o *offender) floodReading(n int, req func(i int) *discovery.DeltaDiscoveryRequest) (int, error) {
+	o.t.Helper()
 	done := make(chan error, 1)
 	go func() {
 		for {
@@ -157,7 +161,10 @@ func (o *offender) floodReading(n int, req func(i int) *discovery.DeltaDiscovery
 			}
 		}
 	}()
-	sent = o.flood(n, req)
+	sent, err := o.flood(n, req)
+	if err != nil {
+		o.t.Fatal(err)
+	}
 	return sent, <-done
 }
 
@@ -193,16 +200,26 @@ func TestHostileFloodWithoutReading(t *testing.T) {
 	// The flood runs on its own: once the server stops reading, Send
 	// blocks on flow control, and the status reaches the client only after
 	// it reads the responses queued before it.
-	sent := make(chan int, 1)
+	type result struct {
+		sent int
+		err  error
+	}
+	flooded := make(chan result, 1)
 	go func() {
-		sent <- o.flood(100_000, func(int) *discovery.DeltaDiscoveryRequest {
+		n, err := o.flood(100_000, func(int) *discovery.DeltaDiscoveryRequest {
 			return &discovery.DeltaDiscoveryRequest{TypeUrl: ztunnel.AddressTypeURL, ResourceNamesSubscribe: long}
 		})
+		flooded <- result{n, err}
 	}()
 	h.p.waitMetric(t, 1, "peerd_xds_streams_closed_for_limits_total", `limit="queue"`)
 	h.wantStatus(t, o.ended(), codes.ResourceExhausted, "requests queued", "queue")
-	if n := <-sent; n == 100_000 {
-		t.Errorf("the server took all %d requests of a client that never reads", n)
+	switch r := <-flooded; {
+	case r.err != nil:
+		t.Fatal(r.err)
+	case r.sent == 100_000:
+		t.Errorf("the server took all %d requests of a client that never reads", r.sent)
+	default:
+		t.Logf("the server ended the stream after %d of 100000 requests", r.sent)
 	}
 	h.check(t)
 }
@@ -260,10 +277,13 @@ func TestHostileNACKStorm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sent := o.flood(100_000, func(int) *discovery.DeltaDiscoveryRequest {
+	sent, err := o.flood(100_000, func(int) *discovery.DeltaDiscoveryRequest {
 		return &discovery.DeltaDiscoveryRequest{TypeUrl: ztunnel.AddressTypeURL, ResponseNonce: first.GetNonce(),
 			ErrorDetail: &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: "cluster1//Pod/apps/echo-canary: rejected by the test"}}
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	h.wantStatus(t, o.ended(), codes.InvalidArgument, "more ACKs/NACKs than responses", "replies")
 	t.Logf("the server ended the stream after %d of 100000 NACKs", sent)
 	// The storm may cost a NACK line, the closing warning and the stream's
