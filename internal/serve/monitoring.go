@@ -21,11 +21,18 @@ import (
 // receive no policies from it.
 const authorizationGap = "authorization: no policy source yet; ztunnels receive an empty istio.security.Authorization set"
 
+// clientAuthenticationGap explains, wherever peerd reports its state, that
+// the TLS listener proves peerd's identity to clients but checks none of
+// theirs (ztunnel token review and peer mTLS are not built yet).
+const clientAuthenticationGap = "client authentication: none yet on --listen; any client that reaches it, with no token and no certificate, receives the whole mesh"
+
 // status is what /readyz reports.
 type status struct {
 	index    *discovery.Index
 	serving  atomic.Bool
 	draining atomic.Bool
+	// clientAuthMissing: --listen serves clients it does not authenticate.
+	clientAuthMissing atomic.Bool
 	// rejected lists resources that cannot be encoded (nil: none known).
 	rejected func() []error
 }
@@ -35,7 +42,17 @@ func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
 		Name: "peerd_authorization_source_missing",
 		Help: "1 while peerd has no authorization policy source and serves an empty Authorization set.",
 	}, func() float64 { return 1 }))
-	return &status{index: index}
+	s := &status{index: index}
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "peerd_client_authentication_missing",
+		Help: "1 while the TLS listener (--listen) serves xDS to clients without authenticating them.",
+	}, func() float64 {
+		if s.clientAuthMissing.Load() {
+			return 1
+		}
+		return 0
+	}))
+	return s
 }
 
 func (s *status) setServing() { s.serving.Store(true) }
@@ -72,6 +89,9 @@ func (s *status) readiness() (bool, []string) {
 		}
 	}
 	lines = append(lines, authorizationGap)
+	if s.clientAuthMissing.Load() {
+		lines = append(lines, clientAuthenticationGap)
+	}
 	return ready, lines
 }
 

@@ -65,3 +65,37 @@ func truncate(s string) string {
 	}
 	return s
 }
+
+// TestClientAuthenticationGapIsReported: while --listen serves without
+// authenticating clients, /readyz says so (without failing) and the gauge is
+// 1; without --listen neither appears.
+func TestClientAuthenticationGapIsReported(t *testing.T) {
+	tests := []struct {
+		name      string
+		listen    bool
+		wantGauge string
+		wantLine  bool
+	}{
+		{"TLS listener without authentication", true, "peerd_client_authentication_missing 1", true},
+		{"no TLS listener", false, "peerd_client_authentication_missing 0", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			st := newStatus(discovery.NewIndex(), reg)
+			st.clientAuthMissing.Store(tc.listen)
+			h := monitoringHandler(reg, st, xds.NewCache(xds.AddressTypeURL), false)
+			get := func(path string) string {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+				return rec.Body.String()
+			}
+			if metrics := get("/metrics"); !strings.Contains(metrics, tc.wantGauge+"\n") {
+				t.Errorf("/metrics lacks %q:\n%s", tc.wantGauge, truncate(metrics))
+			}
+			if readyz := get("/readyz"); strings.Contains(readyz, clientAuthenticationGap) != tc.wantLine {
+				t.Errorf("/readyz mentions the missing client authentication = %v, want %v:\n%s", !tc.wantLine, tc.wantLine, readyz)
+			}
+		})
+	}
+}

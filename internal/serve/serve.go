@@ -72,6 +72,11 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	status := newStatus(index, reg)
 	status.rejected = addresses.RejectedErrors
 	log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd until the istiod relay exists")
+	if opts.Listen != "" {
+		status.clientAuthMissing.Store(true)
+		log.Warn("no client authentication on --listen: TLS proves peerd to its clients, but any client that reaches the address gets the whole mesh (addresses, identities, nodes) without a token or certificate, until ztunnel token auth and peer mTLS exist; reach it only from trusted networks",
+			zap.String("listen", opts.Listen))
+	}
 
 	sources, events, err := startSources(ctx, opts, index, log, reg)
 	if err != nil {

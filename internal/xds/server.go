@@ -441,7 +441,9 @@ func (st *stream) answerUnknown(req *discovery.DeltaDiscoveryRequest) error {
 	st.srv.metrics.unknown.Inc()
 	st.log.Warn("client subscribed to a type URL this server does not serve; answering with an empty response",
 		zap.String("type", truncate(typeURL, 256)))
-	return st.send(&discovery.DeltaDiscoveryResponse{TypeUrl: typeURL}, typeURL)
+	// Counted as a push under "unknown": the type URL is the client's to
+	// choose, and a label per value would grow /metrics without bound.
+	return st.send(&discovery.DeltaDiscoveryResponse{TypeUrl: typeURL}, "unknown")
 }
 
 // maxUnknownTypes bounds the type URLs a stream may ask for in vain (each
