@@ -573,20 +573,7 @@ func (x *Index) Snapshot() Objects {
 	slices.SortFunc(keys, compareKeys)
 	var o Objects
 	for _, key := range keys {
-		switch obj := x.claims[key][0].obj.(type) {
-		case *corev1.Namespace:
-			o.Namespaces = append(o.Namespaces, obj)
-		case *corev1.Node:
-			o.Nodes = append(o.Nodes, obj)
-		case *corev1.Pod:
-			o.Pods = append(o.Pods, obj)
-		case *corev1.Service:
-			o.Services = append(o.Services, obj)
-		case *discoveryv1.EndpointSlice:
-			o.EndpointSlices = append(o.EndpointSlices, obj)
-		case *gatewayv1.Gateway:
-			o.Gateways = append(o.Gateways, obj)
-		}
+		o.Add(x.claims[key][0].obj)
 	}
 	x.snap = &o
 	return o

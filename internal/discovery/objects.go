@@ -1,6 +1,8 @@
 package discovery
 
 import (
+	"k8s.io/apimachinery/pkg/runtime"
+
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -16,4 +18,22 @@ type Objects struct {
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Gateways       []*gatewayv1.Gateway
+}
+
+// Add files obj under its kind; objects of other kinds are ignored.
+func (o *Objects) Add(obj runtime.Object) {
+	switch obj := obj.(type) {
+	case *corev1.Namespace:
+		o.Namespaces = append(o.Namespaces, obj)
+	case *corev1.Node:
+		o.Nodes = append(o.Nodes, obj)
+	case *corev1.Pod:
+		o.Pods = append(o.Pods, obj)
+	case *corev1.Service:
+		o.Services = append(o.Services, obj)
+	case *discoveryv1.EndpointSlice:
+		o.EndpointSlices = append(o.EndpointSlices, obj)
+	case *gatewayv1.Gateway:
+		o.Gateways = append(o.Gateways, obj)
+	}
 }

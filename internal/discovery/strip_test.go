@@ -309,22 +309,9 @@ func decodeDir(t *testing.T, dir string) []runtime.Object {
 }
 
 func inputs(objs []runtime.Object) ambient.Inputs {
-	var in ambient.Inputs
+	var in discovery.Objects
 	for _, o := range objs {
-		switch o := o.(type) {
-		case *corev1.Namespace:
-			in.Namespaces = append(in.Namespaces, o)
-		case *corev1.Node:
-			in.Nodes = append(in.Nodes, o)
-		case *corev1.Pod:
-			in.Pods = append(in.Pods, o)
-		case *corev1.Service:
-			in.Services = append(in.Services, o)
-		case *discoveryv1.EndpointSlice:
-			in.EndpointSlices = append(in.EndpointSlices, o)
-		case *gatewayv1.Gateway:
-			in.Gateways = append(in.Gateways, o)
-		}
+		in.Add(o)
 	}
-	return in
+	return ambient.Inputs(in)
 }

@@ -39,7 +39,7 @@ func decodeDir(t *testing.T, dir string) discovery.Objects {
 			return nil
 		}
 		for _, o := range got {
-			addObject(&objs, o)
+			objs.Add(o)
 		}
 		return nil
 	})
@@ -47,21 +47,6 @@ func decodeDir(t *testing.T, dir string) discovery.Objects {
 		t.Fatal(err)
 	}
 	return objs
-}
-
-func addObject(objs *discovery.Objects, o runtime.Object) {
-	switch o := o.(type) {
-	case *corev1.Namespace:
-		objs.Namespaces = append(objs.Namespaces, o)
-	case *corev1.Node:
-		objs.Nodes = append(objs.Nodes, o)
-	case *corev1.Pod:
-		objs.Pods = append(objs.Pods, o)
-	case *corev1.Service:
-		objs.Services = append(objs.Services, o)
-	case *gatewayv1.Gateway:
-		objs.Gateways = append(objs.Gateways, o)
-	}
 }
 
 func TestWriteDecodesAsTheClusterDescribes(t *testing.T) {
