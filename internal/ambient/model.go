@@ -370,12 +370,11 @@ func (m *Model) produce(owner ObjectRef, addrs []*workloadpb.Address, ws []Warni
 		m.warnings[owner] = ws
 	}
 	old := m.producedBy[owner]
+	// The per-object functions never repeat a name within one object (an
+	// EndpointSlice drops a repeated address with a warning).
 	names := make([]string, 0, len(addrs))
 	for _, a := range addrs {
 		name := ResourceName(a)
-		if slices.Contains(names, name) {
-			continue // the per-object functions never repeat a name; be safe
-		}
 		names = append(names, name)
 		if prev, ok := findProduced(m.published[name], owner); ok && proto.Equal(prev.addr, a) {
 			continue // recomputed to the same content: nothing to push
@@ -383,8 +382,18 @@ func (m *Model) produce(owner ObjectRef, addrs []*workloadpb.Address, ws []Warni
 		m.touch(name, d)
 		m.published[name] = setProduced(m.published[name], produced{owner: owner, addr: a})
 	}
+	// An EndpointSlice produces up to 1,000 names: look them up in a set
+	// rather than scan the list once per old name.
+	stillProduced := func(name string) bool { return slices.Contains(names, name) }
+	if len(old) > 1 && len(names) > 8 {
+		set := make(map[string]struct{}, len(names))
+		for _, n := range names {
+			set[n] = struct{}{}
+		}
+		stillProduced = func(name string) bool { _, ok := set[name]; return ok }
+	}
 	for _, name := range old {
-		if slices.Contains(names, name) {
+		if stillProduced(name) {
 			continue
 		}
 		m.touch(name, d)
