@@ -5,7 +5,7 @@ GO        ?= go
 BIN       ?= bin
 PROTOC    ?= protoc
 GOBIN     := $(shell $(GO) env GOPATH)/bin
-PROTO_SRC := proto/istio/workload/workload.proto proto/istio/security/authorization.proto
+PROTO_SRC := proto/istio/workload/workload.proto proto/istio/security/authorization.proto proto/peerd/federation/v1/federation.proto
 RACE      ?= -race
 
 .PHONY: build test test-unit test-istio lint proto run bench bench-e2e tools fuzz-short
