@@ -2,6 +2,7 @@ package ambient
 
 import (
 	"cmp"
+	"github.com/peerd-mesh/peerd/internal/federation"
 	"net/netip"
 	"slices"
 
@@ -45,23 +46,33 @@ type Inputs struct {
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Gateways       []*gatewayv1.Gateway
+	// ImportedServices are the services linked clusters export.
+	ImportedServices []*federation.ImportedService
 }
 
 // ObjectRef names an input object. Kind is lower case ("service", "pod");
-// Namespace is empty for cluster-scoped objects.
+// Namespace is empty for cluster-scoped objects; Cluster is empty for the
+// local cluster's objects and names the exporting cluster of an imported
+// service.
 type ObjectRef struct {
 	Kind      string
+	Cluster   string
 	Namespace string
 	Name      string
 }
 
 // String renders "<kind> <namespace>/<name>", or "<kind> <name>" for
-// cluster-scoped objects.
+// cluster-scoped objects, followed by " of cluster <cluster>" for a linked
+// cluster's object.
 func (r ObjectRef) String() string {
-	if r.Namespace == "" {
-		return r.Kind + " " + r.Name
+	s := r.Kind + " " + r.Name
+	if r.Namespace != "" {
+		s = r.Kind + " " + r.Namespace + "/" + r.Name
 	}
-	return r.Kind + " " + r.Namespace + "/" + r.Name
+	if r.Cluster != "" {
+		s += " of cluster " + r.Cluster
+	}
+	return s
 }
 
 // Warning is a problem found in the inputs: the object, the path of the

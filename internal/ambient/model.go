@@ -23,6 +23,9 @@ const (
 	KindService       = "service"
 	KindEndpointSlice = "endpointslice"
 	KindGateway       = "gateway"
+	// KindImportedService is a service a linked cluster exports
+	// (federation.ImportedService); its ObjectRef carries the cluster.
+	KindImportedService = "importedservice"
 )
 
 // Change is one input object that changed: Object is its new version, or nil
@@ -518,7 +521,7 @@ func (m *Model) Network() string { return m.idx.network }
 
 // changes lists every input object as a Change, for a Build from scratch.
 func (in Inputs) changes() []Change {
-	n := len(in.Namespaces) + len(in.Nodes) + len(in.Pods) + len(in.Services) + len(in.EndpointSlices) + len(in.Gateways)
+	n := len(in.Namespaces) + len(in.Nodes) + len(in.Pods) + len(in.Services) + len(in.EndpointSlices) + len(in.Gateways) + len(in.ImportedServices)
 	out := make([]Change, 0, n)
 	for _, o := range in.Namespaces {
 		out = append(out, Change{Ref: objectRef(KindNamespace, "", o.Name), Object: o})
@@ -537,6 +540,9 @@ func (in Inputs) changes() []Change {
 	}
 	for _, o := range in.Gateways {
 		out = append(out, Change{Ref: objectRef(KindGateway, o.Namespace, o.Name), Object: o})
+	}
+	for _, o := range in.ImportedServices {
+		out = append(out, Change{Ref: ObjectRef{Kind: KindImportedService, Cluster: o.Cluster, Namespace: o.Namespace, Name: o.Name}, Object: o})
 	}
 	return out
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/peerd-mesh/peerd/internal/federation"
 	"slices"
 	"strings"
 	"sync"
@@ -29,24 +30,33 @@ const (
 	KindService       Kind = "Service"
 	KindEndpointSlice Kind = "EndpointSlice"
 	KindGateway       Kind = "Gateway"
+	// KindImportedService is a service a linked cluster exports
+	// (federation.ImportedService); its key carries that cluster.
+	KindImportedService Kind = "ImportedService"
 )
 
 // Key identifies one object in the index: kind, namespace (empty for
-// cluster-scoped kinds) and name.
+// cluster-scoped kinds) and name, and for an object of a linked cluster
+// (an imported service) that cluster; empty for the local cluster's objects.
 type Key struct {
 	Kind      Kind
+	Cluster   string
 	Namespace string
 	Name      string
 }
 
 // String renders the key the way errors name objects: "service apps/echo",
-// "node worker-1".
+// "node worker-1", "importedservice apps/echo of cluster cluster2".
 func (k Key) String() string {
 	kind := strings.ToLower(string(k.Kind))
-	if k.Namespace == "" {
-		return kind + " " + k.Name
+	s := kind + " " + k.Name
+	if k.Namespace != "" {
+		s = kind + " " + k.Namespace + "/" + k.Name
 	}
-	return kind + " " + k.Namespace + "/" + k.Name
+	if k.Cluster != "" {
+		s += " of cluster " + k.Cluster
+	}
+	return s
 }
 
 // ErrConflict is wrapped by the errors reported when two origins (two files,
@@ -60,7 +70,7 @@ var ErrUnsupportedKind = errors.New("unsupported kind")
 // KeyOf returns the index key of a supported object.
 func KeyOf(obj runtime.Object) (Key, error) {
 	var kind Kind
-	switch obj.(type) {
+	switch o := obj.(type) {
 	case *corev1.Namespace:
 		kind = KindNamespace
 	case *corev1.Node:
@@ -73,6 +83,11 @@ func KeyOf(obj runtime.Object) (Key, error) {
 		kind = KindEndpointSlice
 	case *gatewayv1.Gateway:
 		kind = KindGateway
+	case *federation.ImportedService:
+		if o.Cluster == "" || o.Name == "" || o.Namespace == "" {
+			return Key{}, fmt.Errorf("importedservice %s/%s of cluster %q: cluster, namespace and name are required", o.Namespace, o.Name, o.Cluster)
+		}
+		return Key{Kind: KindImportedService, Cluster: o.Cluster, Namespace: o.Namespace, Name: o.Name}, nil
 	default:
 		return Key{}, fmt.Errorf("%w: %T", ErrUnsupportedKind, obj)
 	}
@@ -456,6 +471,10 @@ func sameObject(a, b runtime.Object, byVersion bool) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
+	if ia, ok := a.(*federation.ImportedService); ok {
+		ib, ok := b.(*federation.ImportedService)
+		return ok && ia.Equal(ib)
+	}
 	if byVersion {
 		ma, errA := apimeta.Accessor(a)
 		mb, errB := apimeta.Accessor(b)
@@ -555,7 +574,7 @@ func (x *Index) Errors() []error {
 }
 
 func compareKeys(a, b Key) int {
-	return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Cluster, b.Cluster), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
 // Snapshot returns the objects in force, each kind sorted by namespace, then

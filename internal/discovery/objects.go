@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"github.com/peerd-mesh/peerd/internal/federation"
 	"k8s.io/apimachinery/pkg/runtime"
 
 	corev1 "k8s.io/api/core/v1"
@@ -18,6 +19,9 @@ type Objects struct {
 	Services       []*corev1.Service
 	EndpointSlices []*discoveryv1.EndpointSlice
 	Gateways       []*gatewayv1.Gateway
+	// ImportedServices are the services linked clusters export, sorted by
+	// cluster, then namespace, then name.
+	ImportedServices []*federation.ImportedService
 }
 
 // Add files obj under its kind; objects of other kinds are ignored.
@@ -35,5 +39,7 @@ func (o *Objects) Add(obj runtime.Object) {
 		o.EndpointSlices = append(o.EndpointSlices, obj)
 	case *gatewayv1.Gateway:
 		o.Gateways = append(o.Gateways, obj)
+	case *federation.ImportedService:
+		o.ImportedServices = append(o.ImportedServices, obj)
 	}
 }

@@ -120,7 +120,7 @@ func (m *modelLoop) update() {
 
 // objectRef names an index object the way the model does.
 func objectRef(k discovery.Key) ambient.ObjectRef {
-	return ambient.ObjectRef{Kind: strings.ToLower(string(k.Kind)), Namespace: k.Namespace, Name: k.Name}
+	return ambient.ObjectRef{Kind: strings.ToLower(string(k.Kind)), Cluster: k.Cluster, Namespace: k.Namespace, Name: k.Name}
 }
 
 // report logs, counts and records as Events the warnings that are new since
