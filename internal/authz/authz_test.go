@@ -3,6 +3,7 @@ package authz_test
 import (
 	"context"
 	"crypto/tls"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -68,13 +69,19 @@ func install(t *testing.T, dir, mesh, cluster string) {
 // credentials for id.
 func identity(t *testing.T, mesh, cluster string, id certs.Identity) (*certs.Authority, *certs.Credentials, string) {
 	t.Helper()
+	return identityWith(t, mesh, cluster, id, nil)
+}
+
+// identityWith is identity with the credentials' metrics in reg.
+func identityWith(t *testing.T, mesh, cluster string, id certs.Identity, reg prometheus.Registerer) (*certs.Authority, *certs.Credentials, string) {
+	t.Helper()
 	dir := t.TempDir()
 	install(t, dir, mesh, cluster)
 	a, err := certs.NewAuthority(dir, certs.AuthorityOptions{Resync: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := certs.NewCredentials(a, certs.CredentialsOptions{Identity: id, SANs: []string{"peerd.istio-system.svc", "127.0.0.1"}})
+	c, err := certs.NewCredentials(a, certs.CredentialsOptions{Identity: id, SANs: []string{"peerd.istio-system.svc", "127.0.0.1"}, Registerer: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +108,7 @@ type server struct {
 func newServer(t *testing.T, m meshes) *server {
 	t.Helper()
 	s := &server{addrs: xds.NewCache(xds.AddressTypeURL), fed: xds.NewCache(authz.FederationTypeURL), reg: prometheus.NewRegistry()}
-	s.authority, s.creds, s.dir = identity(t, m.mesh, "c1", peerdIn("cluster1.local"))
+	s.authority, s.creds, s.dir = identityWith(t, m.mesh, "c1", peerdIn("cluster1.local"), s.reg)
 	s.addrs.Replace([]xds.Resource{{Name: "c1//Pod/default/a", Message: &workloadpb.Address{Type: &workloadpb.Address_Workload{
 		Workload: &workloadpb.Workload{Uid: "c1//Pod/default/a", Name: "a", Namespace: "default"}}}}})
 	s.fed.Replace([]xds.Resource{federated("echo", 1)})
@@ -123,12 +130,17 @@ func federated(name string, capacity uint32) xds.Resource {
 }
 
 func (s *server) denied(typ, identity, reason string) float64 {
+	return s.counter("peerd_xds_requests_denied_total", map[string]string{"type": typ, "identity": identity, "reason": reason})
+}
+
+// counter is the value of the series of name with exactly labels.
+func (s *server) counter(name string, want map[string]string) float64 {
 	m, err := s.reg.Gather()
 	if err != nil {
 		panic(err)
 	}
 	for _, f := range m {
-		if f.GetName() != "peerd_xds_requests_denied_total" {
+		if f.GetName() != name {
 			continue
 		}
 		for _, metric := range f.GetMetric() {
@@ -136,7 +148,7 @@ func (s *server) denied(typ, identity, reason string) float64 {
 			for _, l := range metric.GetLabel() {
 				labels[l.GetName()] = l.GetValue()
 			}
-			if labels["type"] == typ && labels["identity"] == identity && labels["reason"] == reason {
+			if maps.Equal(labels, want) {
 				return metric.GetCounter().GetValue()
 			}
 		}
@@ -300,8 +312,15 @@ func TestPolicyOverTLS(t *testing.T) {
 		// It trusts our server (only the server's check is under test).
 		cfg := ztunnelTLS(t, m)
 		cfg.Certificates = []tls.Certificate{*cert}
-		if err := failure(t, dial(t, s.addr, cfg), authz.FederationTypeURL); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "unknown certificate authority") {
+		if err := failure(t, dial(t, s.addr, cfg), authz.FederationTypeURL); status.Code(err) != codes.Unavailable {
 			t.Fatalf("stream over a refused handshake: %v, want Unavailable", err)
+		}
+		// The client may hear of the refusal before the server counts it.
+		refused := map[string]string{"side": "server", "reason": certs.ReasonUnknownAuthority}
+		for deadline := time.Now().Add(waitTimeout); s.counter("peerd_tls_rejections_total", refused) == 0; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatal("the refused handshake was not counted")
+			}
 		}
 		if got := s.denied("peerd.federation.v1.FederatedService", authz.Anonymous, authz.ReasonNoClientCertificate); got != 1 {
 			t.Errorf("a refused handshake reached the policy: denied = %v", got)
