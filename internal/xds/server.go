@@ -36,8 +36,8 @@ type ServerOptions struct {
 	// Authorize, when set, is asked once per stream and served type URL,
 	// on the stream's first request for that type, with the stream's
 	// context (peer.FromContext gives the client's TLS state). An error
-	// ends the stream with PermissionDenied (see deny); return a *Denial
-	// to set the metric labels.
+	// ends the stream with PermissionDenied (stream.authorize says why); a
+	// *Denial sets the metric labels, any other error counts as "other".
 	Authorize func(ctx context.Context, typeURL string) error
 }
 
