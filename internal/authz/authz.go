@@ -22,12 +22,9 @@ import (
 	"fmt"
 
 	"github.com/peerd-mesh/peerd/internal/certs"
+	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/xds"
-	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
 )
-
-// FederationTypeURL is the type URL of peerd's federation resources.
-var FederationTypeURL = "type.googleapis.com/" + string((&federationpb.FederatedService{}).ProtoReflect().Descriptor().FullName())
 
 // Identity label values of refused clients that are not peerd identities.
 const (
@@ -62,13 +59,13 @@ func (p Policy) Authorize(ctx context.Context, typeURL string) error {
 	id, verified := certs.PeerIdentity(ctx)
 	peerd := verified && p.IsPeerd(id)
 	switch {
-	case typeURL == FederationTypeURL && peerd:
+	case typeURL == federation.TypeURL && peerd:
 		return nil
-	case typeURL == FederationTypeURL && !verified:
+	case typeURL == federation.TypeURL && !verified:
 		return &xds.Denial{Identity: Anonymous, Reason: ReasonNoClientCertificate,
 			Message: fmt.Sprintf("federation data is served only to peerd identities (spiffe://<trust-domain>/ns/%s/sa/%s) with a client certificate under the mesh root; this client presented none that verified",
 				p.SystemNamespace, p.ServiceAccount)}
-	case typeURL == FederationTypeURL:
+	case typeURL == federation.TypeURL:
 		return &xds.Denial{Identity: Other, Reason: ReasonNotPeerd,
 			Message: fmt.Sprintf("federation data is served only to peerd identities (spiffe://<trust-domain>/ns/%s/sa/%s); this client is %s",
 				p.SystemNamespace, p.ServiceAccount, id)}

@@ -3,6 +3,7 @@ package authz_test
 import (
 	"context"
 	"crypto/tls"
+	"github.com/peerd-mesh/peerd/internal/federation"
 	"maps"
 	"net"
 	"os"
@@ -107,7 +108,7 @@ type server struct {
 
 func newServer(t *testing.T, m meshes) *server {
 	t.Helper()
-	s := &server{addrs: xds.NewCache(xds.AddressTypeURL), fed: xds.NewCache(authz.FederationTypeURL), reg: prometheus.NewRegistry()}
+	s := &server{addrs: xds.NewCache(xds.AddressTypeURL), fed: xds.NewCache(federation.TypeURL), reg: prometheus.NewRegistry()}
 	s.authority, s.creds, s.dir = identityWith(t, m.mesh, "c1", peerdIn("cluster1.local"), s.reg)
 	s.addrs.Replace([]xds.Resource{{Name: "c1//Pod/default/a", Message: &workloadpb.Address{Type: &workloadpb.Address_Workload{
 		Workload: &workloadpb.Workload{Uid: "c1//Pod/default/a", Name: "a", Namespace: "default"}}}}})
@@ -260,7 +261,7 @@ func TestPolicyOverTLS(t *testing.T) {
 	peerLink := peerCreds.PeerClientTLS("cluster1.local", false)
 
 	t.Run("peer gets federation data", func(t *testing.T) {
-		st := open(t, dial(t, s.addr, peerLink), authz.FederationTypeURL)
+		st := open(t, dial(t, s.addr, peerLink), federation.TypeURL)
 		if m := st.mustRecv(); len(m.GetResources()) != 1 || m.GetResources()[0].GetName() != "hello/echo" {
 			t.Fatalf("federation response = %v, want hello/echo", m)
 		}
@@ -277,7 +278,7 @@ func TestPolicyOverTLS(t *testing.T) {
 		}
 	})
 	t.Run("ztunnel without a certificate is denied federation data", func(t *testing.T) {
-		open(t, dial(t, s.addr, ztunnelTLS(t, m)), authz.FederationTypeURL).mustBeDenied("presented none that verified")
+		open(t, dial(t, s.addr, ztunnelTLS(t, m)), federation.TypeURL).mustBeDenied("presented none that verified")
 		if got := s.denied("peerd.federation.v1.FederatedService", authz.Anonymous, authz.ReasonNoClientCertificate); got != 1 {
 			t.Errorf("denied{identity=anonymous,reason=no_client_certificate} = %v, want 1", got)
 		}
@@ -289,7 +290,7 @@ func TestPolicyOverTLS(t *testing.T) {
 		}
 	})
 	t.Run("mesh workload is denied federation data", func(t *testing.T) {
-		open(t, dial(t, s.addr, workload.PeerClientTLS("cluster1.local", false)), authz.FederationTypeURL).
+		open(t, dial(t, s.addr, workload.PeerClientTLS("cluster1.local", false)), federation.TypeURL).
 			mustBeDenied("this client is spiffe://cluster2.local/ns/hello/sa/default")
 		if got := s.denied("peerd.federation.v1.FederatedService", authz.Other, authz.ReasonNotPeerd); got != 1 {
 			t.Errorf("denied{identity=other,reason=not_peerd_identity} = %v, want 1", got)
@@ -312,7 +313,7 @@ func TestPolicyOverTLS(t *testing.T) {
 		// It trusts our server (only the server's check is under test).
 		cfg := ztunnelTLS(t, m)
 		cfg.Certificates = []tls.Certificate{*cert}
-		if err := failure(t, dial(t, s.addr, cfg), authz.FederationTypeURL); status.Code(err) != codes.Unavailable {
+		if err := failure(t, dial(t, s.addr, cfg), federation.TypeURL); status.Code(err) != codes.Unavailable {
 			t.Fatalf("stream over a refused handshake: %v, want Unavailable", err)
 		}
 		// The client may hear of the refusal before the server counts it.
@@ -348,7 +349,7 @@ func TestCAReloadKeepsLinks(t *testing.T) {
 		return dial(t, s.addr, cfg), &issuer
 	}
 	oldConn, oldIssuer := link()
-	old := open(t, oldConn, authz.FederationTypeURL)
+	old := open(t, oldConn, federation.TypeURL)
 	old.mustRecv()
 	if got := *oldIssuer; got != "peerd intermediate CA c1" {
 		t.Fatalf("first connection's server leaf issued by %q", got)
@@ -370,7 +371,7 @@ func TestCAReloadKeepsLinks(t *testing.T) {
 	}
 
 	freshConn, freshIssuer := link()
-	open(t, freshConn, authz.FederationTypeURL).mustRecv()
+	open(t, freshConn, federation.TypeURL).mustRecv()
 	if got := *freshIssuer; got != "peerd intermediate CA c3" {
 		t.Errorf("a handshake after the reload got a leaf issued by %q, want the new intermediate", got)
 	}
@@ -391,10 +392,10 @@ func TestWrongTrustDomainRefusedByTheLink(t *testing.T) {
 	m := newMeshes(t)
 	s := newServer(t, m)
 	_, peerCreds, _ := identity(t, m.mesh, "c2", peerdIn("cluster2.local"))
-	err := failure(t, dial(t, s.addr, peerCreds.PeerClientTLS("cluster3.local", false)), authz.FederationTypeURL)
+	err := failure(t, dial(t, s.addr, peerCreds.PeerClientTLS("cluster3.local", false)), federation.TypeURL)
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "peer certificate: trust domain cluster1.local, link expects cluster3.local") {
 		t.Fatalf("stream: %v, want the trust domain mismatch", err)
 	}
-	ok := open(t, dial(t, s.addr, peerCreds.PeerClientTLS("cluster3.local", true)), authz.FederationTypeURL)
+	ok := open(t, dial(t, s.addr, peerCreds.PeerClientTLS("cluster3.local", true)), federation.TypeURL)
 	ok.mustRecv()
 }
