@@ -497,9 +497,19 @@ func summary(eps []Endpoint) string {
 		counts[e.Outcome]++
 	}
 	var parts []string
-	for _, o := range []Outcome{ZeroCapacity, DroppedByStrict, Unhealthy, Unreachable, NoPort, Outranked} {
-		if n := counts[o]; n > 0 {
-			parts = append(parts, fmt.Sprintf("%d %s", n, o))
+	for _, o := range []struct {
+		outcome Outcome
+		label   string
+	}{
+		{ZeroCapacity, "capacity 0"},
+		{DroppedByStrict, "dropped by STRICT"},
+		{Unhealthy, "UNHEALTHY"},
+		{Unreachable, "unreachable"},
+		{NoPort, "without the port"},
+		{Outranked, "outranked"},
+	} {
+		if n := counts[o.outcome]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", n, o.label))
 		}
 	}
 	return fmt.Sprintf("%d endpoint(s): %s", len(eps), strings.Join(parts, ", "))

@@ -314,3 +314,12 @@ func TestPort(t *testing.T) {
 		})
 	}
 }
+
+func TestNoHealthyUpstreamSaysWhy(t *testing.T) {
+	svc := echo(lb(STRICT, NODE))
+	_, err := Explain(state([]*workloadpb.Service{svc}, ep("a", node("node-b")), ep("b", unhealthy)), Query{Service: echoKey, Client: client})
+	want := "service " + echoKey + ": no healthy upstream: 2 endpoint(s): 1 dropped by STRICT, 1 UNHEALTHY"
+	if err == nil || err.Error() != want {
+		t.Fatalf("error %v, want %q", err, want)
+	}
+}

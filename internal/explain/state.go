@@ -202,7 +202,7 @@ func (ix *index) resolve(query string, c Client) (string, *workloadpb.Service, s
 			return ix.byVIP(ip, c)
 		}
 		if svc := ix.Services[query]; svc != nil {
-			return query, svc, "namespace/hostname " + query, nil
+			return query, svc, "namespace/hostname", nil
 		}
 		return "", nil, "", fmt.Errorf("service %s: %w", query, ErrUnknownService)
 	}
