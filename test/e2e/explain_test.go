@@ -17,11 +17,11 @@ import (
 	"github.com/peerd-mesh/peerd/test/ztunnel"
 )
 
-// runExplain runs `peerd explain` against a running peerd and returns its
-// stdout, stderr and exit code.
-func runExplain(t *testing.T, p *peerdProcess, args ...string) (stdout, stderr string, code int) {
+// runExplain runs `peerd explain --addr addr` and returns its stdout,
+// stderr and exit code.
+func runExplain(t *testing.T, addr string, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
-	cmd := exec.Command(peerdBinary, append([]string{"explain", "--addr", p.PlaintextAddr}, args...)...)
+	cmd := exec.Command(peerdBinary, append([]string{"explain", "--addr", addr}, args...)...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	err := cmd.Run()
@@ -38,7 +38,7 @@ func runExplain(t *testing.T, p *peerdProcess, args ...string) (stdout, stderr s
 // explainJSON runs `peerd explain -o json` and decodes its answer.
 func explainJSON(t *testing.T, p *peerdProcess, args ...string) explain.Result {
 	t.Helper()
-	out, errOut, code := runExplain(t, p, append(args, "-o", "json")...)
+	out, errOut, code := runExplain(t, p.PlaintextAddr, append(args, "-o", "json")...)
 	if code != 0 {
 		t.Fatalf("peerd explain %v: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, out, errOut)
 	}
@@ -154,7 +154,7 @@ func TestExplainRanksByLocality(t *testing.T) {
 	}
 
 	t.Run("the table says the policy and each endpoint's probability and reason", func(t *testing.T) {
-		out, errOut, code := runExplain(t, p, "--service", "traffic/spec-prefer-close.traffic.svc.cluster.local", "--node", "node-a")
+		out, errOut, code := runExplain(t, p.PlaintextAddr, "--service", "traffic/spec-prefer-close.traffic.svc.cluster.local", "--node", "node-a")
 		if code != 0 {
 			t.Fatalf("exit %d: %s", code, errOut)
 		}
@@ -216,7 +216,7 @@ func TestExplainFailures(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, errOut, code := runExplain(t, p, tc.args...)
+			out, errOut, code := runExplain(t, p.PlaintextAddr, tc.args...)
 			if code != 1 || !strings.Contains(errOut, tc.wantStderr) {
 				t.Fatalf("exit %d, stderr %q; want 1 and %q", code, errOut, tc.wantStderr)
 			}
@@ -229,5 +229,28 @@ func TestExplainFailures(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestExplainOverTLS: explain reaches peerd's TLS listener as view does,
+// trusting the mesh root only.
+func TestExplainOverTLS(t *testing.T) {
+	pki := peerdCerts(t, cluster)
+	listen := freePort(t)
+	startPeerd(t, peerdOptions{Args: []string{
+		"--cluster-name", cluster, "--config-dir", repoPath("examples", "cluster1"),
+		"--ca-dir", filepath.Join(pki, cluster), "--listen", listen,
+	}})
+	root := filepath.Join(pki, "root-cert.pem")
+	query := []string{"--service", "traffic/spec-prefer-close.traffic.svc.cluster.local", "--node", "node-a"}
+
+	out, errOut, code := runExplain(t, listen, append(query, "--tls", "--root-cert", root, "--server-name", "istiod.istio-system.svc")...)
+	if code != 0 || !strings.Contains(out, "100.0%") {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	// The certificate does not name 127.0.0.1: the error says what to pass.
+	_, errOut, code = runExplain(t, listen, append(query, "--tls", "--root-cert", root)...)
+	if code != 1 || !strings.Contains(errOut, "pass --server-name") {
+		t.Fatalf("exit %d, stderr %q; want 1 and a hint to pass --server-name", code, errOut)
 	}
 }
