@@ -47,6 +47,11 @@ type ClientOptions struct {
 	// DialTarget builds such a func. Tests pass a loopback dialer, peer
 	// links mTLS credentials.
 	Dial func(ctx context.Context, opts ...grpc.DialOption) (*grpc.ClientConn, error)
+	// Conn, when set, is used instead of Dial: a connection the caller owns
+	// (the CLI's), which the Client neither dials nor closes. Its own dial
+	// and call options apply: no keepalive is added, nor MaxRecvMsgSize
+	// unless that field is set.
+	Conn grpc.ClientConnInterface
 	// TypeURLs are subscribed as wildcard, one initial request each.
 	TypeURLs []string
 	// Node is sent on each initial request.
@@ -75,7 +80,7 @@ type ClientOptions struct {
 	// below 10 s to 10 s.
 	Keepalive keepalive.ClientParameters
 	// MaxRecvMsgSize is the largest response accepted; default
-	// ClientMaxRecvMsgSize.
+	// ClientMaxRecvMsgSize (with Conn: the connection's own limit).
 	MaxRecvMsgSize int
 	Logger         *zap.Logger
 	// Clock and Rand are seams for tests: the backoff waits on Clock.After
@@ -191,8 +196,9 @@ type ClientStatus struct {
 // and keeps what it receives across reconnects; the caller decides when
 // that state is stale.
 //
-// Concurrency: Run is the only goroutine that talks to the server, applies
-// responses and calls the callbacks; it starts none of its own. Status and
+// Concurrency: Run (or RunOnce) is the only goroutine that talks to the
+// server, applies responses and calls the callbacks; it starts none of its
+// own that outlives it. One of them runs at a time. Status and
 // Resources may be called from any goroutine, including from the
 // callbacks. The callbacks are called with no lock held, one at a time,
 // and delay reading the next response while they run.
@@ -200,6 +206,8 @@ type Client struct {
 	o       ClientOptions
 	log     *zap.Logger
 	running atomic.Bool
+	// recvSize is the receive limit set on each stream; 0 leaves Conn's.
+	recvSize int
 
 	// mu guards held (written only by Run's goroutine, which may read it
 	// without the lock) and status.
@@ -223,8 +231,9 @@ func NewClient(o ClientOptions) *Client {
 	if o.Keepalive.Timeout <= 0 {
 		o.Keepalive.Timeout = DefaultClientKeepalive.Timeout
 	}
-	if o.MaxRecvMsgSize <= 0 {
-		o.MaxRecvMsgSize = ClientMaxRecvMsgSize
+	recvSize := o.MaxRecvMsgSize
+	if recvSize <= 0 && o.Conn == nil {
+		recvSize = ClientMaxRecvMsgSize
 	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
@@ -236,9 +245,10 @@ func NewClient(o ClientOptions) *Client {
 		o.Rand = rand.Int64N
 	}
 	c := &Client{
-		o:    o,
-		log:  o.Logger.Named("xds-client"),
-		held: make(map[string]map[string]*discoveryv3.Resource, len(o.TypeURLs)),
+		o:        o,
+		log:      o.Logger.Named("xds-client"),
+		recvSize: max(recvSize, 0),
+		held:     make(map[string]map[string]*discoveryv3.Resource, len(o.TypeURLs)),
 	}
 	for _, t := range o.TypeURLs {
 		h := map[string]*discoveryv3.Resource{}
@@ -252,8 +262,8 @@ func NewClient(o ClientOptions) *Client {
 }
 
 func (o ClientOptions) check() error {
-	if o.Dial == nil {
-		return errors.New("xds client: no Dial func")
+	if o.Dial == nil && o.Conn == nil {
+		return errors.New("xds client: no Dial func and no Conn")
 	}
 	if len(o.TypeURLs) == 0 {
 		return errors.New("xds client: no type URLs to subscribe to")
@@ -301,7 +311,7 @@ func (c *Client) Run(ctx context.Context) error {
 	defer c.running.Store(false)
 	retry := 0
 	for {
-		synced, err := c.session(ctx)
+		synced, err := c.session(ctx, false)
 		if ctx.Err() != nil {
 			c.setState(StateStopped, nil)
 			return nil
@@ -321,19 +331,73 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
+// onceGrace bounds how long RunOnce waits, after its last reply and
+// half-close, for the server to end the stream. Waiting lets the reply reach
+// the server (cancelling at once could reset the stream first); the bound
+// keeps a server that never ends streams from hanging the caller.
+const onceGrace = 2 * time.Second
+
+// NACKError ends a RunOnce: the server sent a response that the Client
+// rejected (in whole or in part), so what it holds is not complete.
+type NACKError struct {
+	TypeURL string
+	Nonce   string
+	// Detail is the NACK's error_detail message.
+	Detail string
+}
+
+func (e *NACKError) Error() string {
+	return fmt.Sprintf("%s response nonce %q rejected: %s", e.TypeURL, e.Nonce, e.Detail)
+}
+
+// RunOnce is the one-shot mode (the CLI's): one stream, no retry. It
+// returns nil once every type has been answered and the last response
+// ACKed; otherwise the error that ended the attempt, or a *NACKError for the
+// first response it rejected. Before returning it half-closes the stream
+// and waits, at most onceGrace, for the server to end it, so the last reply
+// is delivered. It runs on the caller's goroutine; the callbacks are called
+// as in Run.
+func (c *Client) RunOnce(ctx context.Context) error {
+	if err := c.o.check(); err != nil {
+		return err
+	}
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("xds client: Run is already running")
+	}
+	defer c.running.Store(false)
+	_, err := c.session(ctx, true)
+	now := c.o.Clock.Now()
+	c.setState(StateStopped, func(s *ClientStatus) {
+		if err != nil {
+			s.Failures++
+			s.LastError = err
+			s.LastErrorAt = now
+		}
+	})
+	return err
+}
+
 // session dials, runs one stream until it fails or ctx ends, and reports
-// whether every type synced on it.
-func (c *Client) session(ctx context.Context) (synced bool, err error) {
+// whether every type synced on it. With once, it ends the stream as soon as
+// every type synced (returning a nil error) or a response was rejected.
+func (c *Client) session(ctx context.Context, once bool) (synced bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	c.setState(StateConnecting, nil)
-	cc, err := c.o.Dial(ctx, grpc.WithKeepaliveParams(c.o.Keepalive))
-	if err != nil {
-		return false, fmt.Errorf("xds client: dial: %w", err)
+	conn := c.o.Conn
+	if conn == nil {
+		cc, err := c.o.Dial(ctx, grpc.WithKeepaliveParams(c.o.Keepalive))
+		if err != nil {
+			return false, fmt.Errorf("xds client: dial: %w", err)
+		}
+		defer cc.Close()
+		conn = cc
 	}
-	defer cc.Close()
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx,
-		grpc.MaxCallRecvMsgSize(c.o.MaxRecvMsgSize))
+	var callOpts []grpc.CallOption
+	if c.recvSize > 0 {
+		callOpts = append(callOpts, grpc.MaxCallRecvMsgSize(c.recvSize))
+	}
+	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx, callOpts...)
 	if err != nil {
 		return false, fmt.Errorf("xds client: opening the delta ADS stream: %w", err)
 	}
@@ -375,6 +439,31 @@ func (c *Client) session(ctx context.Context) (synced bool, err error) {
 		}
 		if sendErr != nil {
 			return synced, fmt.Errorf("xds client: replying to %s nonce %q: %w", typeURL, resp.GetNonce(), streamErr(stream, sendErr))
+		}
+		if once && reply.GetErrorDetail() != nil {
+			finish(stream, cancel)
+			return synced, &NACKError{TypeURL: typeURL, Nonce: resp.GetNonce(), Detail: reply.GetErrorDetail().GetMessage()}
+		}
+		if once && synced {
+			finish(stream, cancel)
+			return true, nil
+		}
+	}
+}
+
+// finish half-closes the stream and reads until the server ends it or
+// onceGrace passes (then cancel resets it); responses read meanwhile are
+// dropped, as the client leaves.
+func finish(stream deltaClientStream, cancel context.CancelFunc) {
+	defer cancel()
+	if stream.CloseSend() != nil {
+		return
+	}
+	timer := time.AfterFunc(onceGrace, cancel)
+	defer timer.Stop()
+	for {
+		if _, err := stream.Recv(); err != nil {
+			return
 		}
 	}
 }
@@ -477,7 +566,7 @@ func (c *Client) check(typeURL string, r *discoveryv3.Resource) error {
 		return errors.New("no resource body")
 	}
 	if body.GetTypeUrl() != typeURL {
-		return fmt.Errorf("body of type %q in a %q response", body.GetTypeUrl(), typeURL)
+		return fmt.Errorf("body type %q in a %q response", body.GetTypeUrl(), typeURL)
 	}
 	if c.o.Validate != nil {
 		return c.o.Validate(typeURL, r)

@@ -248,11 +248,7 @@ func (tc *testClient) takeUpdates() []Update {
 
 // versions is what the client holds: name -> version.
 func (tc *testClient) versions() map[string]string {
-	out := map[string]string{}
-	for name, r := range tc.Resources(federatedTypeURL) {
-		out[name] = r.GetVersion()
-	}
-	return out
+	return versionsOf(tc.Resources(federatedTypeURL))
 }
 
 func cacheVersions(c *Cache) map[string]string {
@@ -818,4 +814,94 @@ func TestClientLeavesNoGoroutines(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+func TestClientRunOnce(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	newCache := func() *Cache {
+		cache := NewCache(federatedTypeURL)
+		cache.Replace([]Resource{federated("default", "a", 1), federated("default", "b", 1000)})
+		return cache
+	}
+
+	t.Run("returns once synced, after the ACK is delivered", func(t *testing.T) {
+		cache := newCache()
+		up := startUpstream(t, cache)
+		c := NewClient(ClientOptions{Dial: up.dial, TypeURLs: []string{federatedTypeURL}})
+		if err := c.RunOnce(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(cacheVersions(cache), versionsOf(c.Resources(federatedTypeURL))); diff != "" {
+			t.Errorf("held (-server +client):\n%s", diff)
+		}
+		if st := c.Status(); st.State != StateStopped || st.Connects != 1 || st.Failures != 0 {
+			t.Errorf("status = %+v, want stopped after one clean connection", st)
+		}
+		srv := up.current()
+		srv.waitFor(t, "the ACK", func(reqs []*discovery.DeltaDiscoveryRequest, sent []*discovery.DeltaDiscoveryResponse) bool {
+			return len(sent) == 1 && replies(reqs)[sent[0].GetNonce()] != nil
+		})
+	})
+
+	t.Run("a rejected response ends it", func(t *testing.T) {
+		up := startUpstream(t, newCache())
+		c := NewClient(ClientOptions{Dial: up.dial, TypeURLs: []string{federatedTypeURL}, Validate: func(_ string, r *discovery.Resource) error {
+			if capacityOf(t, r) > 100 {
+				return errors.New("capacity above 100")
+			}
+			return nil
+		}})
+		err := c.RunOnce(ctx)
+		var nack *NACKError
+		if !errors.As(err, &nack) || nack.TypeURL != federatedTypeURL || nack.Detail != "default/b: capacity above 100" {
+			t.Fatalf("RunOnce = %v, want a NACKError naming default/b", err)
+		}
+		up.current().waitFor(t, "the NACK", func(reqs []*discovery.DeltaDiscoveryRequest, _ []*discovery.DeltaDiscoveryResponse) bool {
+			r := replies(reqs)[nack.Nonce]
+			return r != nil && r.GetErrorDetail().GetMessage() == nack.Detail
+		})
+	})
+
+	t.Run("a failure is returned, not retried", func(t *testing.T) {
+		var dials atomic.Int32
+		c := NewClient(ClientOptions{TypeURLs: []string{federatedTypeURL}, Dial: func(context.Context, ...grpc.DialOption) (*grpc.ClientConn, error) {
+			dials.Add(1)
+			return nil, errors.New("refused by the test")
+		}})
+		if err := c.RunOnce(ctx); err == nil || !strings.Contains(err.Error(), "refused by the test") {
+			t.Fatalf("RunOnce = %v, want the dial error", err)
+		}
+		if st := c.Status(); dials.Load() != 1 || st.Failures != 1 || st.State != StateStopped {
+			t.Errorf("dials = %d, status %+v, want one attempt, recorded", dials.Load(), st)
+		}
+	})
+
+	t.Run("a caller's connection is used and left open", func(t *testing.T) {
+		up := startUpstream(t, newCache())
+		cc, err := up.dial(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer cc.Close()
+		c := NewClient(ClientOptions{Conn: cc, TypeURLs: []string{federatedTypeURL}})
+		for i := range 2 {
+			if err := c.RunOnce(ctx); err != nil {
+				t.Fatalf("RunOnce %d on the same connection: %v", i, err)
+			}
+		}
+		// The second stream resumed from what the first one got.
+		sent := up.current().responses()
+		if len(sent) != 2 || len(sent[1].GetResources()) != 0 {
+			t.Errorf("responses = %v, want a full one, then an empty one", sent)
+		}
+	})
+}
+
+func versionsOf(held map[string]*discovery.Resource) map[string]string {
+	out := map[string]string{}
+	for name, r := range held {
+		out[name] = r.GetVersion()
+	}
+	return out
 }
