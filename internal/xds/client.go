@@ -30,8 +30,8 @@ const ClientMaxRecvMsgSize = 200 << 20
 
 // DefaultClientKeepalive are the keepalive pings a Client uses when
 // ClientOptions.Keepalive is zero. Time is above the 15 s minimum that
-// peerd's server (and istiod's) enforce between pings: a client that pings
-// an idle stream more often is disconnected with "too_many_pings". A
+// peerd's server enforces between pings (internal/serve): a client that
+// pings an idle stream more often is disconnected with "too_many_pings". A
 // blackholed path is detected within Time + Timeout of going silent.
 var DefaultClientKeepalive = keepalive.ClientParameters{Time: 20 * time.Second, Timeout: 10 * time.Second}
 
@@ -320,8 +320,8 @@ func (c *Client) Run(ctx context.Context) error {
 			retry = 0
 		}
 		delay := c.o.Backoff.delay(retry, c.o.Rand)
+		c.failed(err, delay, retry)
 		retry++
-		c.failed(err, delay)
 		select {
 		case <-ctx.Done():
 			c.setState(StateStopped, nil)
@@ -604,16 +604,25 @@ func (c *Client) setState(state ClientState, edit func(s *ClientStatus)) {
 	}
 }
 
-// failed records a failed attempt and the wait before the next one.
-func (c *Client) failed(err error, delay time.Duration) {
+// failed records a failed attempt and the wait before the next one. A
+// failure that repeats the previous one's error is logged at debug level:
+// a peer that stays unreachable would otherwise log every retry (Failures
+// counts them all).
+func (c *Client) failed(err error, delay time.Duration, retry int) {
 	now := c.o.Clock.Now()
+	repeated := false
 	c.setState(StateDisconnected, func(s *ClientStatus) {
+		repeated = retry > 0 && s.LastError != nil && s.LastError.Error() == err.Error()
 		s.Failures++
 		s.LastError = err
 		s.LastErrorAt = now
 		s.NextRetry = now.Add(delay)
 	})
-	c.log.Warn("xDS connection failed; retrying", zap.Error(err), zap.Duration("backoff", delay))
+	log := c.log.Warn
+	if repeated {
+		log = c.log.Debug
+	}
+	log("xDS connection failed; retrying", zap.Error(err), zap.Duration("backoff", delay), zap.Int("retry", retry))
 }
 
 type deltaClientStream = grpc.BidiStreamingClient[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]
