@@ -58,7 +58,10 @@ type ClientOptions struct {
 	Node *corev3.Node
 	// Resume is state to start from, by type URL (say, what a previous run
 	// persisted): the first stream lists it in initial_resource_versions,
-	// so the server sends only what changed and removes what is gone.
+	// so the server sends only what changed and removes what is gone. An
+	// entry may carry only Name and Version (a caller that keeps the
+	// bodies itself); Resources then shows it without a body until the
+	// server sends a new version. Types not in TypeURLs are ignored.
 	Resume map[string][]*discoveryv3.Resource
 	// Validate is called per received resource before it is applied (not
 	// for a resource byte-identical to the one held); an error NACKs the
