@@ -429,10 +429,11 @@ func (c *Client) session(ctx context.Context, once bool) (synced bool, err error
 		first := !answered[typeURL]
 		u, reply := c.apply(resp, first)
 		sendErr := stream.Send(reply)
-		if _, subscribed := c.held[typeURL]; subscribed {
+		_, subscribed := c.held[typeURL]
+		if subscribed {
 			answered[typeURL] = true
 		}
-		if c.o.OnUpdate != nil && (first || len(u.Upserts) > 0 || len(u.Removed) > 0) && u.TypeURL != "" {
+		if c.o.OnUpdate != nil && subscribed && (first || len(u.Upserts) > 0 || len(u.Removed) > 0) {
 			c.o.OnUpdate(u)
 		}
 		if !synced && len(answered) == len(c.o.TypeURLs) {
@@ -542,8 +543,6 @@ func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse, first bool) (Up
 				u.Upserts = append(u.Upserts, r)
 			}
 		}
-	} else {
-		u.TypeURL = ""
 	}
 	c.status.LastMessage = now
 	c.status.Responses++
