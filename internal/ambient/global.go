@@ -119,9 +119,11 @@ func byAge(a, b *federation.ImportedService) int {
 }
 
 // samePort: two exporters agree on a port number when protocol and target
-// agree (names and app protocols may differ between clusters).
+// agree (names and app protocols may differ between clusters). A target of
+// 0 is a container port name, resolved per endpoint: it agrees with any.
 func samePort(a, b *federationpb.Port) bool {
-	return a.GetProtocol() == b.GetProtocol() && a.GetTargetPort() == b.GetTargetPort()
+	return a.GetProtocol() == b.GetProtocol() &&
+		(a.GetTargetPort() == b.GetTargetPort() || a.GetTargetPort() == 0 || b.GetTargetPort() == 0)
 }
 
 func describePort(p *federationpb.Port) string {

@@ -242,6 +242,11 @@ func (m *Model) Apply(changes []Change) Delta {
 		for k := range m.idx.slices {
 			d.slices[k] = struct{}{}
 		}
+		// Global services carry their VIPs on the local network; those of
+		// local Services are marked by their Service.
+		for k := range m.imports {
+			d.globals[k] = struct{}{}
+		}
 	}
 	d.allPods = d.all || m.coversAllPods(d.pods)
 	// Links first: the link in force for a cluster decides which imports
@@ -678,6 +683,9 @@ func (m *Model) Warnings() []Warning {
 
 // Exports returns every current export, sorted by resource name.
 func (m *Model) Exports() []*federationpb.FederatedService {
+	if len(m.exports) == 0 {
+		return nil
+	}
 	keys := slices.SortedFunc(maps.Keys(m.exports), func(a, b objectKey) int {
 		return cmp.Compare(federation.ResourceName(a.namespace, a.name), federation.ResourceName(b.namespace, b.name))
 	})
