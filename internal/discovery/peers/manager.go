@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -102,6 +103,9 @@ type Manager struct {
 	errSourceOnce sync.Once
 	// wg counts subscriber goroutines.
 	wg sync.WaitGroup
+	// tickedAt is the clock time (UnixNano) the loop's last round acted
+	// on; tests wait on it.
+	tickedAt atomic.Int64
 
 	// mu guards every field below; a link's mu is taken after it.
 	mu sync.Mutex
@@ -203,7 +207,7 @@ func (m *Manager) setError(subject string, err error) {
 	m.index.SetError(errorSource, subject, err)
 }
 
-func gatewaySubject(gw string) string  { return "gateway " + gw }
+func gatewaySubject(gw string) string   { return "gateway " + gw }
 func linkSubject(cluster string) string { return "link " + cluster }
 
 // Sync makes the links match gateways (every Gateway of the local cluster;
@@ -695,6 +699,7 @@ func (m *Manager) tick(now time.Time) time.Time {
 	}
 	m.mu.Unlock()
 	later(m.persist(now, false))
+	m.tickedAt.Store(now.UnixNano())
 	return next
 }
 
@@ -779,14 +784,11 @@ func (m *Manager) persist(now time.Time, final bool) time.Time {
 		data    []byte
 	}
 	var (
-		next    time.Time
-		deletes []string
-		writes  []write
+		next   time.Time
+		writes []write
 	)
 	m.mu.Lock()
-	for _, cluster := range slices.Sorted(maps.Keys(m.deletes)) {
-		deletes = append(deletes, cluster)
-	}
+	deletes := slices.Sorted(maps.Keys(m.deletes))
 	clear(m.deletes)
 	for _, name := range slices.Sorted(maps.Keys(m.links)) {
 		l := m.links[name]
