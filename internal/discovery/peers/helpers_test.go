@@ -11,16 +11,11 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
-	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	testingclock "k8s.io/utils/clock/testing"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -58,6 +53,9 @@ type peer struct {
 	reg   *prometheus.Registry
 	srv   *xds.Server
 
+	// streams counts the delta-xDS streams opened to this peer.
+	streams countingInt
+
 	mu sync.Mutex
 	g  *grpc.Server
 }
@@ -77,7 +75,11 @@ func newPeer(t *testing.T) *peer {
 }
 
 func (p *peer) serve(lis net.Listener) {
-	g := grpc.NewServer(xds.ServerCodec())
+	g := grpc.NewServer(xds.ServerCodec(), grpc.StreamInterceptor(
+		func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			p.streams.add()
+			return h(srv, ss)
+		}))
 	p.srv.Register(g)
 	p.mu.Lock()
 	p.g = g
@@ -201,115 +203,6 @@ func remoteGateway(cluster string, port int, opts ...gatewayOpt) *gatewayv1.Gate
 	return gw
 }
 
-// xdsSubscriber stands in for internal/xds's client until it is merged: a
-// minimal delta-xDS client over real gRPC that validates, ACKs and NACKs
-// per resource and resumes with initial_resource_versions.
-type xdsSubscriber struct {
-	cfg SubscriberConfig
-	// connects counts streams that got a first response (tests read it).
-	connects *countingInt
-}
-
-type countingInt struct {
-	mu sync.Mutex
-	n  int
-}
-
-func (c *countingInt) add() {
-	c.mu.Lock()
-	c.n++
-	c.mu.Unlock()
-}
-
-func (c *countingInt) get() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.n
-}
-
-func (s *xdsSubscriber) Run(ctx context.Context) error {
-	held := map[string]string{}
-	for k, v := range s.cfg.InitialVersions {
-		held[k] = v
-	}
-	failures := 0
-	for ctx.Err() == nil {
-		err := s.stream(ctx, held)
-		if ctx.Err() != nil {
-			break
-		}
-		failures++
-		s.cfg.OnState(ConnState{Failures: failures, Err: err})
-		select {
-		case <-ctx.Done():
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return ctx.Err()
-}
-
-func (s *xdsSubscriber) stream(ctx context.Context, held map[string]string) error {
-	creds := s.cfg.Credentials
-	if creds == nil {
-		creds = insecure.NewCredentials()
-	}
-	conn, err := grpc.NewClient(s.cfg.Link.Dial(), grpc.WithTransportCredentials(creds))
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
-	if err != nil {
-		return err
-	}
-	initial := map[string]string{}
-	for k, v := range held {
-		initial[k] = v
-	}
-	if err := stream.Send(&discoveryv3.DeltaDiscoveryRequest{
-		Node:                    &corev3.Node{Id: "peerd~test"},
-		TypeUrl:                 s.cfg.TypeURL,
-		InitialResourceVersions: initial,
-	}); err != nil {
-		return err
-	}
-	first := true
-	for {
-		resp, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		if first {
-			s.connects.add()
-			s.cfg.OnState(ConnState{Connected: true})
-		}
-		u := Update{TypeURL: resp.GetTypeUrl(), Synced: first, Removed: resp.GetRemovedResources()}
-		var problems []string
-		for _, r := range resp.GetResources() {
-			if err := s.cfg.Validate(resp.GetTypeUrl(), r); err != nil {
-				problems = append(problems, err.Error())
-				continue
-			}
-			u.Upserts = append(u.Upserts, r)
-			held[r.GetName()] = r.GetVersion()
-		}
-		for _, name := range u.Removed {
-			delete(held, name)
-		}
-		first = false
-		s.cfg.OnUpdate(u)
-		ack := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
-		if len(problems) > 0 {
-			ack.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: strings.Join(problems, "; ")}
-		}
-		if err := stream.Send(ack); err != nil {
-			return err
-		}
-	}
-}
-
 // env is a manager on a fake clock with the in-test subscriber.
 type env struct {
 	t        *testing.T
@@ -318,7 +211,6 @@ type env struct {
 	reg      *prometheus.Registry
 	logs     *observer.ObservedLogs
 	m        *Manager
-	connects *countingInt
 	arrivals *countingInt
 	cancel   context.CancelFunc
 	done     chan error
@@ -343,14 +235,16 @@ func newEnv(t *testing.T, o envOpts) *env {
 	core, logs := observer.New(zapcore.InfoLevel)
 	e := &env{
 		t: t, index: o.index, clock: o.clock, reg: prometheus.NewRegistry(), logs: logs,
-		connects: &countingInt{}, arrivals: &countingInt{}, done: make(chan error, 1),
+		arrivals: &countingInt{}, done: make(chan error, 1),
 	}
 	m, err := NewManager(Options{
 		LocalCluster: "cluster1",
 		Index:        e.index,
-		NewSubscriber: func(cfg SubscriberConfig) Subscriber {
-			return &xdsSubscriber{cfg: cfg, connects: e.connects}
-		},
+		NewSubscriber: XDSClients(ClientOptions{
+			Plaintext: true,
+			// Fast retries: the tests stop and start peers.
+			Backoff: xds.Backoff{Initial: time.Millisecond, Max: 20 * time.Millisecond},
+		}),
 		Store:       o.store,
 		StaleTTL:    5 * time.Minute,
 		SyncTimeout: 30 * time.Second,
@@ -470,16 +364,34 @@ func (e *env) settle() {
 	})
 }
 
-// peersGoroutines lists the goroutines running code of this package
-// (other than the test itself).
+// peersGoroutines lists the goroutines running the manager's or an xDS
+// client's code.
 func peersGoroutines() []string {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "peers.(*Manager)") || strings.Contains(g, "peers.(*xdsSubscriber)") {
+		if strings.Contains(g, "peers.(*Manager)") || strings.Contains(g, "xds.(*Client)") {
 			out = append(out, g)
 		}
 	}
 	return out
+}
+
+// countingInt is a counter safe for concurrent use.
+type countingInt struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingInt) add() {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+}
+
+func (c *countingInt) get() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
 }

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
@@ -44,6 +45,8 @@ var linkStates = []State{StateConnecting, StateSynced, StateStale, StateWithdraw
 // peer gave it.
 type resource struct {
 	version string
+	// body is the encoding as received: saved and resumed from as is.
+	body    []byte
 	service *federationpb.FederatedService
 }
 
@@ -138,12 +141,17 @@ func (l *link) loseLocked(now time.Time) {
 	}
 }
 
-// versionsLocked are the held versions by name, for
-// initial_resource_versions. Must be called under l.mu.
-func (l *link) versionsLocked() map[string]string {
-	out := make(map[string]string, len(l.resources))
-	for name, r := range l.resources {
-		out[name] = r.version
+// resumeLocked are the held resources, for a new subscriber to resume
+// from. Must be called under l.mu.
+func (l *link) resumeLocked() []*discoveryv3.Resource {
+	out := make([]*discoveryv3.Resource, 0, len(l.resources))
+	for _, name := range slices.Sorted(maps.Keys(l.resources)) {
+		r := l.resources[name]
+		out = append(out, &discoveryv3.Resource{
+			Name:     name,
+			Version:  r.version,
+			Resource: &anypb.Any{TypeUrl: federation.TypeURL, Value: r.body},
+		})
 	}
 	return out
 }
@@ -206,11 +214,7 @@ func (l *link) saveLocked(now, lostAt time.Time) ([]byte, error) {
 	}
 	for _, name := range slices.Sorted(maps.Keys(l.resources)) {
 		r := l.resources[name]
-		b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r.service)
-		if err != nil {
-			return nil, fmt.Errorf("link %s: resource %s: %w", l.cluster, name, err)
-		}
-		s.Items = append(s.Items, savedResource{Name: name, Version: r.version, Proto: b})
+		s.Items = append(s.Items, savedResource{Name: name, Version: r.version, Proto: r.body})
 	}
 	return s.encode()
 }

@@ -442,7 +442,7 @@ func (m *Manager) startLocked(l *link) {
 	cfg := SubscriberConfig{
 		Link:            l.cfg,
 		TypeURL:         federation.TypeURL,
-		InitialVersions: l.versionsLocked(),
+		Resume:          l.resumeLocked(),
 		Validate:        func(typeURL string, r *discoveryv3.Resource) error { return m.validate(l, gen, typeURL, r) },
 		OnUpdate:        func(u Update) { m.onUpdate(l, gen, u) },
 		OnState:         func(s ConnState) { m.onState(l, gen, s) },
@@ -516,7 +516,7 @@ func (m *Manager) onUpdate(l *link, gen uint64, u Update) {
 			continue // Validate NACKed it, counted and logged it already
 		}
 		delete(l.badResources, r.GetName())
-		if key, ok := l.putLocked(m.index, r.GetName(), resource{version: r.GetVersion(), service: msg}); ok {
+		if key, ok := l.putLocked(m.index, r.GetName(), resource{version: r.GetVersion(), body: r.GetResource().GetValue(), service: msg}); ok {
 			keys = append(keys, key)
 		}
 	}
@@ -622,6 +622,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	m.stopped = true
 	for _, l := range m.links {
 		l.mu.Lock()
+		// What a stopping subscriber reports is not news about the peer:
+		// the link keeps the state it had (Stop is not a loss).
+		l.gen++
 		if l.cancel != nil {
 			l.cancel()
 			l.cancel = nil

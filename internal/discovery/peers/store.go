@@ -171,7 +171,7 @@ func decodeSaved(cluster string, b []byte) (*savedLink, map[string]resource, err
 			errs = append(errs, fmt.Errorf("saved state of link %s: resources[%d] (%s): %w", cluster, i, it.Name, err))
 			continue
 		}
-		res[it.Name] = resource{version: it.Version, service: msg}
+		res[it.Name] = resource{version: it.Version, body: it.Proto, service: msg}
 	}
 	return &s, res, errors.Join(errs...)
 }

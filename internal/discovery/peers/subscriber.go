@@ -16,8 +16,8 @@ import (
 // Subscriber is one link's delta-xDS client: it dials the link, subscribes
 // (wildcard) to federation.TypeURL, and reports through the handlers of its
 // SubscriberConfig until ctx is done. It reconnects by itself (with
-// backoff), resuming with initial_resource_versions: InitialVersions on its
-// first connect, what it holds afterwards. Run returns when ctx is done; an
+// backoff), resuming with initial_resource_versions: Resume on its first
+// connect, what it holds afterwards. Run returns when ctx is done; an
 // earlier return is counted as a failure and the manager starts a new
 // subscriber.
 type Subscriber interface {
@@ -31,13 +31,13 @@ type SubscriberConfig struct {
 	Credentials credentials.TransportCredentials
 	// TypeURL is federation.TypeURL.
 	TypeURL string
-	// InitialVersions are the resources (name -> version) the link holds
-	// when the subscriber starts: restored from the store, or kept across a
-	// restart of the subscriber. The subscriber sends them as
-	// initial_resource_versions on its first connect, so that the peer
-	// lists the ones that went away in removed_resources; without them a
-	// service removed while this peerd was not connected would be kept.
-	InitialVersions map[string]string
+	// Resume are the resources the link holds when the subscriber starts
+	// (restored from the store, or kept across a restart of the
+	// subscriber), with their versions. The subscriber starts from them and
+	// lists them in initial_resource_versions on its first connect, so the
+	// peer names the ones that went away in removed_resources; without them
+	// a service removed while this peerd was not connected would be kept.
+	Resume []*discoveryv3.Resource
 	// Validate checks one received resource; an error NACKs it (its
 	// previous version, if any, stays in force on both sides). It is safe to
 	// call from any goroutine.
