@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -440,12 +439,12 @@ func (m *Manager) startLocked(l *link) {
 	ctx, cancel := context.WithCancel(m.runCtx)
 	l.cancel = cancel
 	cfg := SubscriberConfig{
-		Link:            l.cfg,
-		TypeURL:         federation.TypeURL,
-		Resume:          l.resumeLocked(),
-		Validate:        func(typeURL string, r *discoveryv3.Resource) error { return m.validate(l, gen, typeURL, r) },
-		OnUpdate:        func(u Update) { m.onUpdate(l, gen, u) },
-		OnState:         func(s ConnState) { m.onState(l, gen, s) },
+		Link:     l.cfg,
+		TypeURL:  federation.TypeURL,
+		Resume:   l.resumeLocked(),
+		Validate: func(typeURL string, r *discoveryv3.Resource) error { return m.validate(l, gen, typeURL, r) },
+		OnUpdate: func(u Update) { m.onUpdate(l, gen, u) },
+		OnState:  func(s ConnState) { m.onState(l, gen, s) },
 	}
 	m.wg.Add(1)
 	go m.runSubscriber(ctx, l, gen, cfg)
@@ -770,145 +769,4 @@ func (m *Manager) WaitSynced(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("waiting for peer links to sync: %w", ctx.Err())
 	}
-}
-
-// persist writes what is due to the store: deletions first, then each
-// dirty link at most once per SaveInterval (all of them when final, with
-// the links that are up marked lost now). It returns the next time a save
-// is due. Only the loop (and Run, after the loop) calls it, so writes never
-// run concurrently.
-func (m *Manager) persist(now time.Time, final bool) time.Time {
-	if m.opts.Store == nil {
-		return time.Time{}
-	}
-	type write struct {
-		l       *link
-		cluster string
-		data    []byte
-	}
-	var (
-		next   time.Time
-		writes []write
-	)
-	m.mu.Lock()
-	deletes := slices.Sorted(maps.Keys(m.deletes))
-	clear(m.deletes)
-	for _, name := range slices.Sorted(maps.Keys(m.links)) {
-		l := m.links[name]
-		l.mu.Lock()
-		if !final && !l.dirty {
-			l.mu.Unlock()
-			continue
-		}
-		if due := l.savedAt.Add(SaveInterval); !final && !l.savedAt.IsZero() && now.Before(due) {
-			if next.IsZero() || due.Before(next) {
-				next = due
-			}
-			l.mu.Unlock()
-			continue
-		}
-		var lostAt time.Time
-		if final {
-			lostAt = now
-		}
-		data, err := l.saveLocked(now, lostAt)
-		if err != nil {
-			l.log.Error("link state not saved", zap.Error(err))
-			m.metrics.saveErrors.Inc()
-		} else {
-			writes = append(writes, write{l, l.cluster, data})
-		}
-		l.dirty, l.savedAt = false, now
-		l.mu.Unlock()
-	}
-	m.mu.Unlock()
-
-	for _, cluster := range deletes {
-		if err := m.opts.Store.Delete(cluster); err != nil {
-			m.log.Warn("saved link state not deleted", zap.String("cluster", cluster), zap.Error(err))
-			m.metrics.saveErrors.Inc()
-		}
-	}
-	for _, w := range writes {
-		if err := m.opts.Store.Save(w.cluster, w.data); err != nil {
-			w.l.log.Warn("link state not saved; retrying", zap.Duration("in", SaveInterval), zap.Error(err))
-			m.metrics.saveErrors.Inc()
-			w.l.mu.Lock()
-			w.l.dirty = true
-			w.l.mu.Unlock()
-			if due := now.Add(SaveInterval); next.IsZero() || due.Before(next) {
-				next = due
-			}
-		}
-	}
-	return next
-}
-
-// LinkStatus is one link's (or unreadable Gateway's) state, for
-// /debug/peers and `peerd view`.
-type LinkStatus struct {
-	Gateway string `json:"gateway"`
-	Cluster string `json:"cluster,omitempty"`
-	Network string `json:"network,omitempty"`
-	// Address is what the link dials (host:port).
-	Address string `json:"address,omitempty"`
-	State   State  `json:"state"`
-	// Reason is why the link is rejected.
-	Reason string `json:"reason,omitempty"`
-	// Since is when the link entered State.
-	Since       time.Time `json:"since,omitzero"`
-	LastMessage time.Time `json:"lastMessage,omitzero"`
-	LastError   string    `json:"lastError,omitempty"`
-	Failures    int       `json:"failures"`
-	// Services is the number of imported services held (in the index).
-	Services int `json:"services"`
-	// WithdrawAt is when the services of a lost link will be withdrawn.
-	WithdrawAt time.Time `json:"withdrawAt,omitzero"`
-	// Rejections counts rejections by reason (Reason constants).
-	Rejections map[string]int `json:"rejections,omitempty"`
-	// GatewayError is the Gateway's current problem: for a running link,
-	// its last good configuration is in use.
-	GatewayError string `json:"gatewayError,omitempty"`
-}
-
-// Status returns every link and every unreadable istio-remote Gateway,
-// sorted by Gateway.
-func (m *Manager) Status() []LinkStatus {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]LinkStatus, 0, len(m.links)+len(m.problems))
-	for name, l := range m.links {
-		l.mu.Lock()
-		st := LinkStatus{
-			Gateway:     name,
-			Cluster:     l.cluster,
-			Network:     l.cfg.Network,
-			Address:     l.cfg.Dial(),
-			State:       l.state,
-			Reason:      l.reason,
-			Since:       l.since,
-			LastMessage: l.lastMessage,
-			LastError:   l.lastError,
-			Failures:    l.failures,
-			Services:    len(l.resources),
-		}
-		if !l.lostAt.IsZero() && !l.expired {
-			st.WithdrawAt = l.lostAt.Add(m.opts.StaleTTL)
-		}
-		if len(l.rejections) > 0 {
-			st.Rejections = maps.Clone(l.rejections)
-		}
-		l.mu.Unlock()
-		if err := m.problems[name]; err != nil {
-			st.GatewayError = err.Error()
-		}
-		out = append(out, st)
-	}
-	for name, err := range m.problems {
-		if m.links[name] == nil {
-			out = append(out, LinkStatus{Gateway: name, State: StateInvalid, LastError: err.Error()})
-		}
-	}
-	slices.SortFunc(out, func(a, b LinkStatus) int { return strings.Compare(a.Gateway, b.Gateway) })
-	return out
 }

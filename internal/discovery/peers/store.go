@@ -5,12 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/peerd-mesh/peerd/internal/federation"
@@ -174,4 +177,76 @@ func decodeSaved(cluster string, b []byte) (*savedLink, map[string]resource, err
 		res[it.Name] = resource{version: it.Version, body: it.Proto, service: msg}
 	}
 	return &s, res, errors.Join(errs...)
+}
+
+// persist writes what is due to the store: deletions first, then each
+// dirty link at most once per SaveInterval (all of them when final, with
+// the links that are up marked lost now). It returns the next time a save
+// is due. Only the loop (and Run, after the loop) calls it, so writes never
+// run concurrently.
+func (m *Manager) persist(now time.Time, final bool) time.Time {
+	if m.opts.Store == nil {
+		return time.Time{}
+	}
+	type write struct {
+		l       *link
+		cluster string
+		data    []byte
+	}
+	var (
+		next   time.Time
+		writes []write
+	)
+	m.mu.Lock()
+	deletes := slices.Sorted(maps.Keys(m.deletes))
+	clear(m.deletes)
+	for _, name := range slices.Sorted(maps.Keys(m.links)) {
+		l := m.links[name]
+		l.mu.Lock()
+		if !final && !l.dirty {
+			l.mu.Unlock()
+			continue
+		}
+		if due := l.savedAt.Add(SaveInterval); !final && !l.savedAt.IsZero() && now.Before(due) {
+			if next.IsZero() || due.Before(next) {
+				next = due
+			}
+			l.mu.Unlock()
+			continue
+		}
+		var lostAt time.Time
+		if final {
+			lostAt = now
+		}
+		data, err := l.saveLocked(now, lostAt)
+		if err != nil {
+			l.log.Error("link state not saved", zap.Error(err))
+			m.metrics.saveErrors.Inc()
+		} else {
+			writes = append(writes, write{l, l.cluster, data})
+		}
+		l.dirty, l.savedAt = false, now
+		l.mu.Unlock()
+	}
+	m.mu.Unlock()
+
+	for _, cluster := range deletes {
+		if err := m.opts.Store.Delete(cluster); err != nil {
+			m.log.Warn("saved link state not deleted", zap.String("cluster", cluster), zap.Error(err))
+			m.metrics.saveErrors.Inc()
+		}
+	}
+	for _, w := range writes {
+		if err := m.opts.Store.Save(w.cluster, w.data); err != nil {
+			w.l.log.Warn("link state not saved; retrying", zap.Duration("in", SaveInterval), zap.Error(err))
+			m.metrics.saveErrors.Inc()
+			w.l.mu.Lock()
+			w.l.dirty = true
+			w.l.mu.Unlock()
+			if due := now.Add(SaveInterval); next.IsZero() || due.Before(next) {
+				next = due
+			}
+		}
+	}
+	return next
 }
