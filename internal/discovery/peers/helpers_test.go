@@ -54,7 +54,7 @@ type peer struct {
 	reg   *prometheus.Registry
 	srv   *xds.Server
 
-	opts  []grpc.ServerOption
+	opts []grpc.ServerOption
 	// streams counts the delta-xDS streams opened to this peer.
 	streams countingInt
 
@@ -223,8 +223,8 @@ var epoch = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 type envOpts struct {
 	store       Store
 	credentials func(federation.Link) credentials.TransportCredentials
-	clock *testingclock.FakeClock
-	index *discovery.Index
+	clock       *testingclock.FakeClock
+	index       *discovery.Index
 }
 
 func newEnv(t *testing.T, o envOpts) *env {

@@ -81,4 +81,3 @@ func TestNoGoroutineLeaks(t *testing.T) {
 		t.Errorf("goroutines left after Run returned:\n%s", strings.Join(g, "\n\n"))
 	}
 }
-
