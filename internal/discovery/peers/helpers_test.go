@@ -355,13 +355,14 @@ func (e *env) step(d time.Duration) {
 	e.settle()
 }
 
-// settle waits until the loop has acted on the clock's current time.
+// settle waits until the loop has done a round that began after this call,
+// so it saw the clock's current time and every change made before.
 func (e *env) settle() {
 	e.t.Helper()
-	now := e.clock.Now().UnixNano()
+	want := e.m.ticksBegun.Load() + 1
 	e.m.wake()
-	eventually(e.t, "the manager's loop caught up with the clock", func() error {
-		if e.m.tickedAt.Load() < now {
+	eventually(e.t, "a round of the manager's loop", func() error {
+		if e.m.ticksDone.Load() < want {
 			return errors.New("not yet")
 		}
 		return nil

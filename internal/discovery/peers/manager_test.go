@@ -481,3 +481,36 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+// A Gateway that cannot be read when peerd restarts keeps its saved state
+// until it is fixed: a bad edit does not cost the saved services.
+func TestSavedStateOfUnreadableGatewayKept(t *testing.T) {
+	store := newMemStore()
+	p := newPeer(t)
+	p.set(svc("apps", "echo", 2))
+	first := newEnv(t, envOpts{store: store})
+	first.run()
+	first.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", p.port())})
+	first.waitState("cluster2", StateSynced)
+	p.stop()
+	first.waitState("cluster2", StateStale)
+	first.stop()
+
+	second := newEnv(t, envOpts{store: store, clock: first.clock})
+	second.run()
+	second.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", p.port(), withLabel(federation.LabelNetwork, ""))})
+	second.settle()
+	if _, sl := store.get("cluster2"); len(sl.Items) != 1 {
+		t.Fatalf("saved state of an unreadable Gateway's cluster deleted: %+v", sl)
+	}
+	second.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", p.port())})
+	if got := second.imported("cluster2"); !equalMaps(got, map[string]uint32{"apps/echo": 2}) {
+		t.Errorf("after the fix, restored %v", got)
+	}
+	// A cluster no Gateway names any more is forgotten.
+	second.m.Sync(nil)
+	second.settle()
+	if n, _ := store.Load(); len(n) != 0 {
+		t.Errorf("saved states left: %v", n)
+	}
+}
