@@ -76,6 +76,7 @@ func TestInvalidGateway(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOpts{})
+			e.index.MarkSynced("file") // the local source
 			e.run()
 			gws := []*gatewayv1.Gateway{remoteGateway("cluster2", 15012, tc.opts...)}
 			e.m.Sync(gws)
@@ -95,8 +96,8 @@ func TestInvalidGateway(t *testing.T) {
 			if got := testutil.ToFloat64(e.m.metrics.gatewayProblems); got != 1 {
 				t.Errorf("peerd_peer_gateway_problems_total = %v, want 1", got)
 			}
-			if !e.m.Synced() {
-				t.Error("an invalid Gateway holds up readiness")
+			if !e.m.Synced() || !e.index.Synced() {
+				t.Errorf("an invalid Gateway holds up readiness: peers %v, index %v", e.m.Synced(), e.index.Synced())
 			}
 
 			// Fixed: the problem is cleared and the link starts.
