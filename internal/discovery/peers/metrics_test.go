@@ -1,13 +1,17 @@
 package peers
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/peerd-mesh/peerd/internal/federation"
 )
 
 func TestMetrics(t *testing.T) {
@@ -79,5 +83,23 @@ func TestNoGoroutineLeaks(t *testing.T) {
 	e.stop()
 	if g := peersGoroutines(); len(g) > 0 {
 		t.Errorf("goroutines left after Run returned:\n%s", strings.Join(g, "\n\n"))
+	}
+}
+
+func TestDebugJSON(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", 15012), remoteGateway("cluster3", 15012, withLabel(federation.LabelNetwork, ""))})
+	rec := httptest.NewRecorder()
+	e.m.ServeHTTP(rec, httptest.NewRequest("GET", "/debug/peers", nil))
+	var got []LinkStatus
+	if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+		t.Fatalf("%v in %s", err, rec.Body)
+	}
+	if len(got) != 2 || got[0].Cluster != "cluster2" || got[0].State != StateConnecting || got[1].State != StateInvalid ||
+		!strings.Contains(rec.Body.String(), `"lastError": "gateway istio-gateways/cluster3: metadata.labels[topology.istio.io/network]`) {
+		t.Errorf("/debug/peers:\n%s", rec.Body)
+	}
+	if strings.Contains(rec.Body.String(), "0001-01-01") {
+		t.Errorf("zero times rendered:\n%s", rec.Body)
 	}
 }
