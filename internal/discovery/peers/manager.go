@@ -471,10 +471,12 @@ func (m *Manager) runSubscriber(ctx context.Context, l *link, gen uint64, cfg Su
 	l.mu.Lock()
 	if l.gen == gen && !l.removed {
 		l.failures++
+		if l.lastError != err.Error() { // a subscriber that cannot start would log every restart
+			l.log.Warn("link subscriber ended; starting a new one", zap.Duration("in", restartDelay), zap.Error(err))
+		}
 		l.lastError = err.Error()
 		l.loseLocked(now)
 		l.restartAt = now.Add(restartDelay)
-		l.log.Warn("link subscriber ended; starting a new one", zap.Duration("in", restartDelay), zap.Error(err))
 	}
 	l.mu.Unlock()
 	m.wake()

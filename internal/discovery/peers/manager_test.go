@@ -515,3 +515,29 @@ func TestSavedStateOfUnreadableGatewayKept(t *testing.T) {
 		t.Errorf("saved states left: %v", n)
 	}
 }
+
+// A subscriber that cannot run (no credentials for a TLS link) is a failure
+// shown on the link, retried, and logged once.
+func TestSubscriberWithoutCredentials(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.m.opts.NewSubscriber = XDSClients(ClientOptions{})
+	e.run()
+	e.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", 15012)})
+	eventually(t, "the failure shown", func() error {
+		st, err := e.link("cluster2")
+		if err == nil && (st.Failures != 1 || !strings.Contains(st.LastError, "no transport credentials")) {
+			err = fmt.Errorf("%+v", st)
+		}
+		return err
+	})
+	e.step(restartDelay)
+	eventually(t, "retried", func() error {
+		if st, _ := e.link("cluster2"); st.Failures != 2 {
+			return fmt.Errorf("%+v", st)
+		}
+		return nil
+	})
+	if n := e.logs.FilterMessageSnippet("subscriber ended").Len(); n != 1 {
+		t.Errorf("logged %d times, want once", n)
+	}
+}
