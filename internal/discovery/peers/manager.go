@@ -611,9 +611,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.mu.Unlock()
 		return errors.New("peers: Run called twice")
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	m.runCtx = runCtx
+	// Subscribers run under a context of their own, cancelled only after
+	// their callbacks were disowned below: cancelling them with ctx would
+	// let a stopping subscriber report its end as the peer's loss.
+	subCtx, cancelSubs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSubs()
+	m.runCtx = subCtx
 	for _, name := range slices.Sorted(maps.Keys(m.links)) {
 		l := m.links[name]
 		l.mu.Lock()
@@ -622,7 +625,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 
-	m.loop(runCtx)
+	m.loop(ctx)
 
 	m.mu.Lock()
 	m.stopped = true
@@ -638,6 +641,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		l.mu.Unlock()
 	}
 	m.mu.Unlock()
+	cancelSubs()
 	m.wg.Wait()
 	m.persist(m.clock.Now(), true)
 	return nil
