@@ -58,7 +58,10 @@ type ClientOptions struct {
 	Node *corev3.Node
 	// Resume is state to start from, by type URL (say, what a previous run
 	// persisted): the first stream lists it in initial_resource_versions,
-	// so the server sends only what changed and removes what is gone.
+	// so the server sends only what changed and removes what is gone. An
+	// entry may carry only Name and Version (a caller that keeps the
+	// bodies itself); Resources then shows it without a body until the
+	// server sends a new version. Types not in TypeURLs are ignored.
 	Resume map[string][]*discoveryv3.Resource
 	// Validate is called per received resource before it is applied (not
 	// for a resource byte-identical to the one held); an error NACKs the
@@ -426,10 +429,11 @@ func (c *Client) session(ctx context.Context, once bool) (synced bool, err error
 		first := !answered[typeURL]
 		u, reply := c.apply(resp, first)
 		sendErr := stream.Send(reply)
-		if _, subscribed := c.held[typeURL]; subscribed {
+		_, subscribed := c.held[typeURL]
+		if subscribed {
 			answered[typeURL] = true
 		}
-		if c.o.OnUpdate != nil && (first || len(u.Upserts) > 0 || len(u.Removed) > 0) && u.TypeURL != "" {
+		if c.o.OnUpdate != nil && subscribed && (first || len(u.Upserts) > 0 || len(u.Removed) > 0) {
 			c.o.OnUpdate(u)
 		}
 		if !synced && len(answered) == len(c.o.TypeURLs) {
@@ -539,8 +543,6 @@ func (c *Client) apply(resp *discoveryv3.DeltaDiscoveryResponse, first bool) (Up
 				u.Upserts = append(u.Upserts, r)
 			}
 		}
-	} else {
-		u.TypeURL = ""
 	}
 	c.status.LastMessage = now
 	c.status.Responses++

@@ -373,24 +373,30 @@ func TestClientResumesAfterServerRestart(t *testing.T) {
 
 func TestClientResumesFromPersistedState(t *testing.T) {
 	cache := NewCache(federatedTypeURL)
-	cache.Replace([]Resource{federated("default", "a", 1), federated("default", "b", 1)})
+	cache.Replace([]Resource{federated("default", "a", 1), federated("default", "b", 1), federated("default", "gone", 1)})
 	first := startClient(t, ClientOptions{Dial: startUpstream(t, cache).dial})
 	first.waitFor("initial sync", func(s ClientStatus) bool { return s.Synced })
 	persisted := slices.Collect(maps.Values(first.Resources(federatedTypeURL)))
 	first.stop()
+	// A caller may persist only names and versions.
+	var versionsOnly []*discovery.Resource
+	for _, r := range persisted {
+		versionsOnly = append(versionsOnly, &discovery.Resource{Name: r.GetName(), Version: r.GetVersion()})
+	}
 
-	// While no client ran, b changed and c came.
+	// While no client ran, b changed, c came and gone went.
 	cache.Replace([]Resource{federated("default", "a", 1), federated("default", "b", 2), federated("default", "c", 1)})
 	up := startUpstream(t, cache)
-	tc := startClient(t, ClientOptions{Dial: up.dial, Resume: map[string][]*discovery.Resource{federatedTypeURL: persisted}})
+	tc := startClient(t, ClientOptions{Dial: up.dial, Resume: map[string][]*discovery.Resource{federatedTypeURL: versionsOnly}})
 	tc.waitFor("sync", func(s ClientStatus) bool { return s.Synced })
 	if diff := cmp.Diff(cacheVersions(cache), tc.versions()); diff != "" {
 		t.Errorf("held (-server +client):\n%s", diff)
 	}
-	if got := names(up.current().responses()[0].GetResources()); !cmp.Equal(got, []string{"default/b", "default/c"}) {
-		t.Errorf("resources sent to a resumed client = %v, want only b and c", got)
+	if resp := up.current().responses()[0]; !cmp.Equal(names(resp.GetResources()), []string{"default/b", "default/c"}) ||
+		!cmp.Equal(resp.GetRemovedResources(), []string{"default/gone"}) {
+		t.Errorf("response to a resumed client = %v, want only b and c, and gone removed", resp)
 	}
-	if diff := cmp.Diff([]summary{{Upserts: []string{"default/b", "default/c"}, Removed: []string{}, Synced: true}}, summarize(tc.takeUpdates())); diff != "" {
+	if diff := cmp.Diff([]summary{{Upserts: []string{"default/b", "default/c"}, Removed: []string{"default/gone"}, Synced: true}}, summarize(tc.takeUpdates())); diff != "" {
 		t.Errorf("updates of the resumed client (-want +got):\n%s", diff)
 	}
 
@@ -408,7 +414,7 @@ func TestClientResumesFromPersistedState(t *testing.T) {
 	if diff := cmp.Diff(cacheVersions(cache), tc.versions()); diff != "" {
 		t.Errorf("held, resumed without versions (-server +client):\n%s", diff)
 	}
-	if diff := cmp.Diff([]summary{{Upserts: []string{"default/b", "default/c"}, Removed: []string{}, Synced: true}}, summarize(tc.takeUpdates())); diff != "" {
+	if diff := cmp.Diff([]summary{{Upserts: []string{"default/b", "default/c"}, Removed: []string{"default/gone"}, Synced: true}}, summarize(tc.takeUpdates())); diff != "" {
 		t.Errorf("updates, resumed without versions (-want +got):\n%s", diff)
 	}
 	if n := validated.Load(); n != 2 {
