@@ -132,8 +132,9 @@ type peering struct {
 	// exports of local global Services.
 	exports map[objectKey]*federationpb.FederatedService
 	// endpoints: the published local workloads (Pods, EndpointSlice
-	// endpoints) by the plain Service key ("ns/hostname") they list, then
-	// uid: what an export counts, without scanning the cluster.
+	// endpoints) of global Services by the plain Service key
+	// ("ns/hostname") they list, then uid: what an export counts, without
+	// scanning the cluster.
 	endpoints map[string]map[string]*workloadpb.Workload
 	vips      *vipAllocator
 }

@@ -166,25 +166,33 @@ func (m *Model) markPeeringDependents(key objectKey, old, info *serviceInfo, d *
 
 // indexEndpoint moves a local workload's entries in the endpoint index from
 // its old to its new version, marking the exports whose count or SANs this
-// may change.
+// may change. Only global Services' endpoints are indexed, so the index
+// costs nothing in a cluster that exports nothing: a Service that becomes
+// global (or stops being global) changes its endpoints' services maps (the
+// global key), and so passes every endpoint through here.
 func (m *Model) indexEndpoint(old, wl *workloadpb.Workload, d *dirty) {
 	same := old != nil && wl != nil && old.GetStatus() == wl.GetStatus() &&
 		old.GetServiceAccount() == wl.GetServiceAccount() && old.GetNamespace() == wl.GetNamespace() &&
 		old.GetWorkloadType() == wl.GetWorkloadType()
-	globalSuffix := "." + m.cfg.GlobalSuffix
 	for key := range old.GetServices() {
-		if _, still := wl.GetServices()[key]; still || strings.HasSuffix(key, globalSuffix) {
+		if _, still := wl.GetServices()[key]; still {
 			continue
 		}
-		removeFromMap(m.endpoints, key, old.GetUid())
-		m.markExport(key, d)
+		if _, indexed := m.endpoints[key][old.GetUid()]; indexed {
+			removeFromMap(m.endpoints, key, old.GetUid())
+			m.markExport(key, d)
+		}
 	}
 	for key := range wl.GetServices() {
-		if strings.HasSuffix(key, globalSuffix) {
+		if info := m.idx.byKey[key]; info == nil || !info.scope.global() {
+			if _, indexed := m.endpoints[key][wl.GetUid()]; indexed {
+				removeFromMap(m.endpoints, key, wl.GetUid())
+			}
 			continue
 		}
+		_, had := m.endpoints[key][wl.GetUid()]
 		addToMap(m.endpoints, key, wl.GetUid(), wl)
-		if _, had := old.GetServices()[key]; !had || !same {
+		if !had || !same {
 			m.markExport(key, d)
 		}
 	}
