@@ -2,6 +2,7 @@ package ambient
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -138,8 +139,20 @@ func BenchmarkModelRemoteChange(b *testing.B) {
 			in.ImportedServices = append(in.ImportedServices, imported(cluster, svc.Namespace, svc.Name, capacity(10)))
 		}
 	}
+	// The model's own memory per imported (cluster, service): its split-
+	// horizon workload, its share of the global service, the indexes. The
+	// received summary itself is the discovery index's and not counted.
+	local, remote := in, Inputs{Gateways: in.Gateways, ImportedServices: in.ImportedServices}
+	local.Gateways, local.ImportedServices = nil, nil
 	m := NewModel(testConfig)
-	m.Apply(in.changes())
+	m.Apply(local.changes())
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	m.Apply(remote.changes())
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perImport := float64(after.HeapAlloc-before.HeapAlloc) / float64(len(in.ImportedServices))
 	target := in.ImportedServices[len(in.ImportedServices)/2]
 	run := func(b *testing.B, versions [2]*federation.ImportedService, wantName string) {
 		b.Helper()
@@ -153,6 +166,7 @@ func BenchmarkModelRemoteChange(b *testing.B) {
 				b.Fatalf("pushed %v, deleted %v; want only %s", upserts, deletes, wantName)
 			}
 		}
+		b.ReportMetric(perImport, "model-B/import")
 	}
 	b.Run("capacity", func(b *testing.B) {
 		changed := imported(target.Cluster, target.Namespace, target.Name, capacity(0))

@@ -224,8 +224,11 @@ func remoteDistribution(in globalServiceInput, w *warnings) trafficDistribution 
 
 // splitHorizonInput is what one split-horizon workload is made of.
 type splitHorizonInput struct {
-	cfg      Config
-	link     federation.Link
+	cfg  Config
+	link federation.Link
+	// gateway is networkGateway(cfg, link), built once per link; nil
+	// builds it here.
+	gateway  *workloadpb.GatewayAddress
 	imported *federation.ImportedService
 	// plainToo: the local Service (or its namespace) says global-only, so
 	// the workload is also an endpoint of the plain svc.<domain-suffix> name.
@@ -258,6 +261,10 @@ func splitHorizonWorkload(in splitHorizonInput) *workloadpb.Workload {
 	if s.GetCapacity() == 0 {
 		status = workloadpb.WorkloadStatus_UNHEALTHY
 	}
+	gateway := in.gateway
+	if gateway == nil {
+		gateway = networkGateway(in.cfg, in.link)
+	}
 	uid := splitHorizonUID(in.cfg.ClusterID, in.imported.Cluster, s.GetNamespace(), s.GetName())
 	return &workloadpb.Workload{
 		Uid:            uid,
@@ -266,7 +273,7 @@ func splitHorizonWorkload(in splitHorizonInput) *workloadpb.Workload {
 		Network:        in.link.Network,
 		TunnelProtocol: workloadpb.TunnelProtocol_HBONE,
 		TrustDomain:    workloadTrustDomain(in.link.TrustDomain),
-		NetworkGateway: networkGateway(in.cfg, in.link),
+		NetworkGateway: gateway,
 		WorkloadType:   workloadpb.WorkloadType_POD,
 		Services:       services,
 		Status:         status,

@@ -128,7 +128,7 @@ type peering struct {
 	// cluster (the first by namespace and name).
 	links          map[objectKey]linkGateway
 	linksByCluster map[string]map[objectKey]struct{}
-	activeLinks    map[string]federation.Link
+	activeLinks    map[string]activeLink
 	// exports of local global Services.
 	exports map[objectKey]*federationpb.FederatedService
 	// endpoints: the published local workloads (Pods, EndpointSlice
@@ -137,6 +137,13 @@ type peering struct {
 	// scanning the cluster.
 	endpoints map[string]map[string]*workloadpb.Workload
 	vips      *vipAllocator
+}
+
+// activeLink is the link in force for a cluster, with the network_gateway
+// its split-horizon workloads share.
+type activeLink struct {
+	federation.Link
+	gateway *workloadpb.GatewayAddress
 }
 
 // linkGateway is an istio-remote Gateway read as a link, or why it is not one.
@@ -172,7 +179,7 @@ func NewModel(cfg Config) *Model {
 			importsByCluster: map[string]map[objectKey]struct{}{},
 			links:            map[objectKey]linkGateway{},
 			linksByCluster:   map[string]map[objectKey]struct{}{},
-			activeLinks:      map[string]federation.Link{},
+			activeLinks:      map[string]activeLink{},
 			exports:          map[objectKey]*federationpb.FederatedService{},
 			endpoints:        map[string]map[string]*workloadpb.Workload{},
 		},

@@ -94,14 +94,21 @@ func (m *Model) recomputeLinkCluster(c string, d *dirty) {
 		d.gateways[k] = struct{}{}
 	}
 	old, had := m.activeLinks[c]
-	var active federation.Link
+	var active activeLink
 	if len(keys) > 0 {
-		active = m.links[keys[0]].link
-		m.activeLinks[c] = active
-	} else {
-		delete(m.activeLinks, c)
+		active.Link = m.links[keys[0]].link
 	}
-	if had != (len(keys) > 0) || !sameLink(old, active) {
+	changed := had != (len(keys) > 0) || !sameLink(old.Link, active.Link)
+	switch {
+	case len(keys) == 0:
+		delete(m.activeLinks, c)
+	case changed:
+		// One network_gateway message, shared read-only by every
+		// split-horizon workload of the cluster (memory per import).
+		active.gateway = networkGateway(m.cfg, active.Link)
+		m.activeLinks[c] = active
+	}
+	if changed {
 		for key := range m.importsByCluster[c] {
 			m.markImportDependents(c, key, d)
 		}
@@ -277,7 +284,8 @@ func (m *Model) recomputeSplitHorizon(ref ObjectRef, d *dirty) {
 	is := m.imports[key][ref.Cluster]
 	if link, linked := m.activeLinks[ref.Cluster]; is != nil && linked {
 		info := m.idx.services[key]
-		wl := splitHorizonWorkload(splitHorizonInput{cfg: m.cfg, link: link, imported: is, plainToo: info != nil && info.scope == scopeGlobalOnly})
+		wl := splitHorizonWorkload(splitHorizonInput{cfg: m.cfg, link: link.Link, gateway: link.gateway, imported: is,
+			plainToo: info != nil && info.scope == scopeGlobalOnly})
 		out = []*workloadpb.Address{{Type: &workloadpb.Address_Workload{Workload: wl}}}
 	}
 	m.produce(ref, out, nil, d)
