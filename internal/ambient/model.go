@@ -152,11 +152,13 @@ type linkGateway struct {
 	err  error
 }
 
-// Owner kinds of outputs that are not one input object's.
-const (
-	ownerExport  = "export"
-	ownerCluster = "cluster"
-)
+// ownerExport keys the warnings raised while exporting a Service (the
+// Service's own mapping keeps its warnings under the Service).
+const ownerExport = "export"
+
+// KindCluster names a linked cluster in warnings (ObjectRef.Name is the
+// cluster), e.g. about services it exports that no link lets in.
+const KindCluster = "cluster"
 
 // produced is one object's version of one resource.
 type produced struct {
@@ -706,6 +708,9 @@ func (m *Model) Exports() []*federationpb.FederatedService {
 
 // VIPs returns the current VIP allocations of global services by hostname,
 // for the caller to persist and hand back as Config.VIPs after a restart.
+// A seeded allocation whose service has not come back in this run stays
+// reserved inside the model but is not listed: persisting VIPs drops it, and
+// the service then gets its hashed address again unless another took it.
 func (m *Model) VIPs() map[string][]netip.Addr { return m.vips.live() }
 
 // Network is the local network the model currently maps addresses onto.

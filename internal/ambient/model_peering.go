@@ -115,10 +115,10 @@ func (m *Model) recomputeLinkCluster(c string, d *dirty) {
 	}
 	var ws []Warning
 	if len(keys) == 0 && len(m.importsByCluster[c]) > 0 {
-		ws = []Warning{{Object: ObjectRef{Kind: ownerCluster, Name: c},
+		ws = []Warning{{Object: ObjectRef{Kind: KindCluster, Name: c},
 			Message: "services imported from this cluster are ignored: no istio-remote Gateway links it"}}
 	}
-	m.setWarnings(ObjectRef{Kind: ownerCluster, Name: c}, ws, d)
+	m.setWarnings(ObjectRef{Kind: KindCluster, Name: c}, ws, d)
 }
 
 // sameLink compares every field, so a field added to Link is never missed.
