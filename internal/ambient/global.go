@@ -308,11 +308,23 @@ func clonePortList(pl *workloadpb.PortList) *workloadpb.PortList {
 // workloads, so ztunnel spreads connections over all of them (upstream
 // Istio uses the first address only).
 func gatewayByHostname(l federation.Link) bool {
-	if len(l.Addresses) != 1 {
+	addrs := uniqueAddresses(l)
+	if len(addrs) != 1 {
 		return true
 	}
-	_, err := netip.ParseAddr(l.Addresses[0])
+	_, err := netip.ParseAddr(addrs[0])
 	return err != nil
+}
+
+// uniqueAddresses are the link's addresses in order, each once.
+func uniqueAddresses(l federation.Link) []string {
+	out := make([]string, 0, len(l.Addresses))
+	for _, a := range l.Addresses {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // networkGateway is how split-horizon workloads reach the linked cluster.
@@ -353,10 +365,7 @@ func linkGatewayAddresses(cfg Config, l federation.Link) []*workloadpb.Address {
 			Ports:     []*workloadpb.Port{{ServicePort: l.HBONEPort, TargetPort: l.HBONEPort}},
 		}}})
 	}
-	for i, a := range l.Addresses {
-		if slices.Contains(l.Addresses[:i], a) {
-			continue // one workload per address
-		}
+	for _, a := range uniqueAddresses(l) {
 		uid := networkGatewayUID(cfg.ClusterID, l.Cluster, a)
 		wl := &workloadpb.Workload{
 			Uid:            uid,

@@ -580,6 +580,8 @@ func TestLinkGateways(t *testing.T) {
 	}{
 		{name: "one IP -> one gateway workload",
 			link: linkC2(), want: []*workloadpb.Address{gatewayWorkload("172.16.0.2", nil)}},
+		{name: "one IP listed twice -> still one gateway workload, reached by address",
+			link: link("c2", "c2", []string{"172.16.0.2", "172.16.0.2"}), want: []*workloadpb.Address{gatewayWorkload("172.16.0.2", nil)}},
 		{name: "several IPs -> a gateway workload each, and their Service",
 			link: link("c2", "c2", []string{"172.16.0.2", "172.16.0.4"}),
 			want: []*workloadpb.Address{gatewayWorkload("172.16.0.2", behindService), gatewayWorkload("172.16.0.4", behindService), gatewayService}},
