@@ -137,6 +137,9 @@ type peering struct {
 	// scanning the cluster.
 	endpoints map[string]map[string]*workloadpb.Workload
 	vips      *vipAllocator
+	// exported and unexported collect one Apply's export changes.
+	exported   []*federationpb.FederatedService
+	unexported []string
 }
 
 // activeLink is the link in force for a cluster, with the network_gateway
@@ -205,7 +208,8 @@ type dirty struct {
 	slices   map[objectKey]struct{}
 	// Peering: link clusters whose link in force may have changed, link
 	// Gateways to re-produce, exports, split-horizon workloads (by the
-	// imported service's ref) and global services to recompute.
+	// imported service's ref) and global services to recompute. Nil until
+	// marked (see mark).
 	linkClusters map[string]struct{}
 	gateways     map[objectKey]struct{}
 	exports      map[objectKey]struct{}
@@ -214,24 +218,25 @@ type dirty struct {
 	// names touched, each with whether it was served before this Apply.
 	names           map[string]bool
 	warningsChanged bool
-	// Export changes, by resource name.
-	exported    []*federationpb.FederatedService
-	unexported  []string
-	vipsChanged bool
+	vipsChanged     bool
 }
 
 func newDirty() *dirty {
 	return &dirty{
-		services:     map[objectKey]struct{}{},
-		pods:         map[objectKey]struct{}{},
-		slices:       map[objectKey]struct{}{},
-		linkClusters: map[string]struct{}{},
-		gateways:     map[objectKey]struct{}{},
-		exports:      map[objectKey]struct{}{},
-		splits:       map[ObjectRef]struct{}{},
-		globals:      map[objectKey]struct{}{},
-		names:        map[string]bool{},
+		services: map[objectKey]struct{}{},
+		pods:     map[objectKey]struct{}{},
+		slices:   map[objectKey]struct{}{},
+		names:    map[string]bool{},
 	}
+}
+
+// mark adds k to the set *set, making the set on first use: most Applys
+// touch no peering output, and five empty maps per Apply are measurable.
+func mark[K comparable](set *map[K]struct{}, k K) {
+	if *set == nil {
+		*set = map[K]struct{}{}
+	}
+	(*set)[k] = struct{}{}
 }
 
 // Apply folds changes into the model and returns what changed in its
@@ -255,7 +260,7 @@ func (m *Model) Apply(changes []Change) Delta {
 		// Global services carry their VIPs on the local network; those of
 		// local Services are marked by their Service.
 		for k := range m.imports {
-			d.globals[k] = struct{}{}
+			mark(&d.globals, k)
 		}
 	}
 	d.allPods = d.all || m.coversAllPods(d.pods)
@@ -288,11 +293,13 @@ func (m *Model) Apply(changes []Change) Delta {
 	}
 	// VIPs are handed out in hostname order, so one batch allocates the
 	// same way whatever order its changes came in.
-	globals := slices.SortedFunc(maps.Keys(d.globals), func(a, b objectKey) int {
-		return cmp.Compare(globalHostname(a.name, a.namespace, ""), globalHostname(b.name, b.namespace, ""))
-	})
-	for _, k := range globals {
-		m.recomputeGlobal(k, d)
+	if len(d.globals) > 0 {
+		globals := slices.SortedFunc(maps.Keys(d.globals), func(a, b objectKey) int {
+			return cmp.Compare(globalHostname(a.name, a.namespace, ""), globalHostname(b.name, b.namespace, ""))
+		})
+		for _, k := range globals {
+			m.recomputeGlobal(k, d)
+		}
 	}
 	return m.flush(d)
 }
@@ -319,7 +326,7 @@ func (m *Model) applyInput(ch Change, d *dirty) {
 		if !maps.Equal(namespaceAnnotations(old), namespaceAnnotations(ns)) || namespaceScopeLabel(old) != namespaceScopeLabel(ns) {
 			for k := range x.servicesByNamespace[ch.Ref.Name] {
 				d.services[k] = struct{}{}
-				d.exports[k] = struct{}{}
+				mark(&d.exports, k)
 			}
 		}
 	case KindNode:
@@ -346,7 +353,7 @@ func (m *Model) applyInput(ch Change, d *dirty) {
 			delete(x.k8sServices, key)
 		}
 		d.services[key] = struct{}{}
-		d.exports[key] = struct{}{}
+		mark(&d.exports, key)
 	case KindEndpointSlice:
 		es, _ := ch.Object.(*discoveryv1.EndpointSlice)
 		if old := x.slices[key]; old != nil {
@@ -655,11 +662,14 @@ func (m *Model) flush(d *dirty) Delta {
 		m.duplicates[name] = ws
 	}
 	delta.WarningsChanged = d.warningsChanged
-	slices.SortFunc(d.exported, func(a, b *federationpb.FederatedService) int {
+	// The export changes live on the Model, not in d: a dirty whose slices
+	// flowed into the Delta would move all of its maps to the heap.
+	slices.SortFunc(m.exported, func(a, b *federationpb.FederatedService) int {
 		return cmp.Compare(federation.ResourceName(a.Namespace, a.Name), federation.ResourceName(b.Namespace, b.Name))
 	})
-	slices.Sort(d.unexported)
-	delta.Exports, delta.Unexports = d.exported, d.unexported
+	slices.Sort(m.unexported)
+	delta.Exports, delta.Unexports = m.exported, m.unexported
+	m.exported, m.unexported = nil, nil
 	delta.VIPsChanged = d.vipsChanged
 	return delta
 }

@@ -40,13 +40,13 @@ func (m *Model) applyGateway(key objectKey, gw *gatewayv1.Gateway, d *dirty) {
 	}
 	if hadOld && m.valid(old) {
 		removeFromMap(m.linksByCluster, old.link.Cluster, key)
-		d.linkClusters[old.link.Cluster] = struct{}{}
+		mark(&d.linkClusters, old.link.Cluster)
 	}
 	if lg, ok := m.links[key]; ok && m.valid(lg) {
 		addToMap(m.linksByCluster, lg.link.Cluster, key, struct{}{})
-		d.linkClusters[lg.link.Cluster] = struct{}{}
+		mark(&d.linkClusters, lg.link.Cluster)
 	}
-	d.gateways[key] = struct{}{}
+	mark(&d.gateways, key)
 }
 
 // applyImport records an imported service (nil: withdrawn) and marks what
@@ -67,7 +67,7 @@ func (m *Model) applyImport(ref ObjectRef, is *federation.ImportedService, d *di
 		addToMap(m.importsByCluster, c, key, struct{}{})
 	}
 	if hadCluster != (len(m.importsByCluster[c]) > 0) {
-		d.linkClusters[c] = struct{}{} // the "not linked" warning may change
+		mark(&d.linkClusters, c) // the "not linked" warning may change
 	}
 	m.markImportDependents(c, key, d)
 }
@@ -76,8 +76,8 @@ func (m *Model) applyImport(ref ObjectRef, is *federation.ImportedService, d *di
 // its split-horizon workload, its global service and, when the local
 // Service is global-only, the plain Service (its SANs).
 func (m *Model) markImportDependents(c string, key objectKey, d *dirty) {
-	d.splits[ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name}] = struct{}{}
-	d.globals[key] = struct{}{}
+	mark(&d.splits, ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name})
+	mark(&d.globals, key)
 	if info := m.idx.services[key]; info != nil && info.scope == scopeGlobalOnly {
 		d.services[key] = struct{}{}
 	}
@@ -91,7 +91,7 @@ func (m *Model) recomputeLinkCluster(c string, d *dirty) {
 		return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
 	})
 	for _, k := range keys {
-		d.gateways[k] = struct{}{}
+		mark(&d.gateways, k)
 	}
 	old, had := m.activeLinks[c]
 	var active activeLink
@@ -162,11 +162,11 @@ func (m *Model) markPeeringDependents(key objectKey, old, info *serviceInfo, d *
 		return i.scope
 	}
 	if scopeOf(old).global() || scopeOf(info).global() || len(m.imports[key]) > 0 {
-		d.globals[key] = struct{}{}
+		mark(&d.globals, key)
 	}
 	if (scopeOf(old) == scopeGlobalOnly) != (scopeOf(info) == scopeGlobalOnly) {
 		for c := range m.imports[key] {
-			d.splits[ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name}] = struct{}{}
+			mark(&d.splits, ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name})
 		}
 	}
 }
@@ -208,7 +208,7 @@ func (m *Model) indexEndpoint(old, wl *workloadpb.Workload, d *dirty) {
 // markExport marks the export of the global Service whose plain key is key.
 func (m *Model) markExport(key string, d *dirty) {
 	if info := m.idx.byKey[key]; info != nil && info.scope.global() {
-		d.exports[objectKey{namespace: info.svc.Namespace, name: info.svc.Name}] = struct{}{}
+		mark(&d.exports, objectKey{namespace: info.svc.Namespace, name: info.svc.Name})
 	}
 }
 
@@ -225,13 +225,13 @@ func (m *Model) recomputeExport(key objectKey, d *dirty) {
 	name := federation.ResourceName(key.namespace, key.name)
 	if out == nil {
 		delete(m.exports, key)
-		d.unexported = append(d.unexported, name)
+		m.unexported = append(m.unexported, name)
 	} else {
 		m.exports[key] = out
-		d.exported = append(d.exported, out)
+		m.exported = append(m.exported, out)
 	}
 	if (old == nil) != (out == nil) || !slices.Equal(old.GetSubjectAltNames(), out.GetSubjectAltNames()) {
-		d.globals[key] = struct{}{}
+		mark(&d.globals, key)
 	}
 }
 
