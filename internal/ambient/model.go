@@ -87,8 +87,11 @@ type Delta struct {
 //	                   of the cluster, the global services it imports and
 //	                   their global-only plain Services. Other Gateways:
 //	                   nothing
-//	ImportedService -> its split-horizon workload, its global service, and
-//	                   the plain Service when the local one is global-only
+//	ImportedService -> its split-horizon workload (when its ports, capacity
+//	                   or locality change), its global service and, when
+//	                   the local Service is global-only, the plain Service
+//	                   (when its ports, SANs, traffic distribution or
+//	                   creation time change); both when it comes or goes
 //	export          -> (a changed local export's SANs) its global service
 //
 // A change that leaves every field the mapping reads as it was (a node

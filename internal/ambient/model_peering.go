@@ -69,7 +69,30 @@ func (m *Model) applyImport(ref ObjectRef, is *federation.ImportedService, d *di
 	if hadCluster != (len(m.importsByCluster[c]) > 0) {
 		mark(&d.linkClusters, c) // the "not linked" warning may change
 	}
-	m.markImportDependents(c, key, d)
+	if old == nil || is == nil {
+		m.markImportDependents(c, key, d)
+		return
+	}
+	// A readiness change in the exporting cluster changes only capacity:
+	// recompute only what reads the fields that changed.
+	o, n := old.Service, is.Service
+	samePorts := slices.EqualFunc(o.GetPorts(), n.GetPorts(), func(a, b *federationpb.Port) bool { return proto.Equal(a, b) })
+	if !samePorts || o.GetCapacity() != n.GetCapacity() || !proto.Equal(o.GetLocality(), n.GetLocality()) {
+		mark(&d.splits, ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name})
+	}
+	if !samePorts || !slices.Equal(o.GetSubjectAltNames(), n.GetSubjectAltNames()) ||
+		o.GetTrafficDistribution() != n.GetTrafficDistribution() || !proto.Equal(o.GetCreationTime(), n.GetCreationTime()) {
+		mark(&d.globals, key)
+		m.markPlainService(key, d)
+	}
+}
+
+// markPlainService marks the local Service of key when it is global-only:
+// it carries the remote SANs.
+func (m *Model) markPlainService(key objectKey, d *dirty) {
+	if info := m.idx.services[key]; info != nil && info.scope == scopeGlobalOnly {
+		d.services[key] = struct{}{}
+	}
 }
 
 // markImportDependents marks what reads the import of key from cluster c:
@@ -78,9 +101,7 @@ func (m *Model) applyImport(ref ObjectRef, is *federation.ImportedService, d *di
 func (m *Model) markImportDependents(c string, key objectKey, d *dirty) {
 	mark(&d.splits, ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name})
 	mark(&d.globals, key)
-	if info := m.idx.services[key]; info != nil && info.scope == scopeGlobalOnly {
-		d.services[key] = struct{}{}
-	}
+	m.markPlainService(key, d)
 }
 
 // recomputeLinkCluster settles which link is in force for cluster c (the
