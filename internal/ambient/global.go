@@ -61,6 +61,7 @@ func globalService(in globalServiceInput, w *warnings) *workloadpb.Service {
 	}
 	slices.Sort(sans)
 	sans = slices.Compact(sans)
+	reportScopeConflicts(in, w)
 
 	svc := &workloadpb.Service{
 		Name:            in.name,
@@ -183,6 +184,37 @@ func reportPortConflicts(in globalServiceInput, w *warnings) {
 					p.GetPort(), r.Cluster, describePort(p), in.cfg.ClusterID, describePort(local[i])))
 		}
 	}
+}
+
+// reportScopeConflicts warns when the clusters that export a name disagree
+// on its scope (one global, another global-only). For importers both mean
+// global, so nothing is resolved: each cluster's own label still decides
+// whether its plain svc name carries remote endpoints, which is worth an
+// operator's look when the clusters were meant to be configured alike.
+func reportScopeConflicts(in globalServiceInput, w *warnings) {
+	var said []string
+	scopes := map[federationpb.Scope]bool{}
+	if in.localExport != nil {
+		scopes[in.localExport.GetScope()] = true
+		said = append(said, in.cfg.ClusterID+"="+scopeName(in.localExport.GetScope()))
+	}
+	for _, r := range in.remotes {
+		scopes[r.Service.GetScope()] = true
+		said = append(said, r.Cluster+"="+scopeName(r.Service.GetScope()))
+	}
+	if len(scopes) > 1 {
+		w.add(ObjectRef{Kind: KindGlobalService, Namespace: in.namespace, Name: in.name}, "scope",
+			fmt.Sprintf("clusters disagree (%s): all count as global here; only a cluster whose own Service says %s widens its plain name",
+				strings.Join(said, ", "), ScopeGlobalOnly))
+	}
+}
+
+// scopeName spells an exported scope as the label value does.
+func scopeName(s federationpb.Scope) string {
+	if s == federationpb.Scope_GLOBAL_ONLY {
+		return ScopeGlobalOnly
+	}
+	return ScopeGlobal
 }
 
 // remoteDistribution is the traffic distribution of a global service that

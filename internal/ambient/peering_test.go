@@ -118,7 +118,13 @@ func TestStateTable(t *testing.T) {
 			if _, ok := addressesByName(out)[nameSplitC2]; ok != (tt.remote != nil) {
 				t.Errorf("split-horizon workload exists: %v, want %v", ok, tt.remote != nil)
 			}
-			diffWarnings(t, nil, out.Warnings)
+			// Only the scope disagreement (TestScopeConflictIsReported) may
+			// be reported here.
+			for _, w := range out.Warnings {
+				if w.Field != "scope" {
+					t.Errorf("unexpected warning: %s", w)
+				}
+			}
 		})
 	}
 }
@@ -955,4 +961,28 @@ func TestExportLocalityFromEastWestGateway(t *testing.T) {
 	if len(d.Exports) != 1 || d.Exports[0].GetLocality() != nil {
 		t.Errorf("after the east-west Gateway is deleted, exports = %v; want one without a locality", d.Exports)
 	}
+}
+
+// TestScopeConflictIsReported: clusters that export one name with
+// different scopes get a warning on the global service naming each
+// cluster's scope; agreeing clusters get none.
+func TestScopeConflictIsReported(t *testing.T) {
+	globalOnly := func(s *federationpb.FederatedService) { s.Scope = federationpb.Scope_GLOBAL_ONLY }
+	out := Build(testConfig, Inputs{
+		Services:         []*corev1.Service{appService(scopeGlobalOnlyLabel)},
+		Gateways:         []*gatewayv1.Gateway{linkC2(), linkC3()},
+		ImportedServices: []*federation.ImportedService{imported("c2", "hello", "app"), imported("c3", "hello", "app", globalOnly)},
+	})
+	diffWarnings(t, []Warning{{
+		Object:  ObjectRef{Kind: KindGlobalService, Namespace: "hello", Name: "app"},
+		Field:   "scope",
+		Message: "clusters disagree (" + testConfig.ClusterID + "=global-only, c2=global, c3=global-only): all count as global here; only a cluster whose own Service says global-only widens its plain name",
+	}}, out.Warnings)
+
+	agreeing := Build(testConfig, Inputs{
+		Services:         []*corev1.Service{appService(scopeGlobalLabel)},
+		Gateways:         []*gatewayv1.Gateway{linkC2()},
+		ImportedServices: []*federation.ImportedService{imported("c2", "hello", "app")},
+	})
+	diffWarnings(t, nil, agreeing.Warnings)
 }
