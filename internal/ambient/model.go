@@ -85,8 +85,9 @@ type Delta struct {
 //	                   gateway Service) of that link; when the link in force
 //	                   for its cluster changes, every split-horizon workload
 //	                   of the cluster, the global services it imports and
-//	                   their global-only plain Services. Other Gateways:
-//	                   nothing
+//	                   their global-only plain Services. istio-eastwest
+//	                   ones: every export, when the cluster's locality
+//	                   they give changes. Other Gateways: nothing
 //	ImportedService -> its split-horizon workload (when its ports, capacity
 //	                   or locality change), its global service and, when
 //	                   the local Service is global-only, the plain Service
