@@ -41,6 +41,9 @@ type ClusterSpec struct {
 	Region, Zone string
 	// Manifests is copied into the cluster's config dir.
 	Manifests string
+	// CADir replaces the cluster's intermediate from the mesh's `peerd
+	// certs` (e.g. one under another root, for a rogue cluster).
+	CADir string
 	// Args are extra `peerd serve` flags for this cluster.
 	Args []string
 }
@@ -154,9 +157,12 @@ func (m *Mesh) newCluster(s ClusterSpec) (*Cluster, error) {
 		ClusterSpec: s,
 		mesh:        m,
 		ConfigDir:   filepath.Join(root, "config"),
-		CADir:       filepath.Join(m.PKI, s.Name),
+		CADir:       s.CADir,
 		StateDir:    filepath.Join(root, "state"),
 		logs:        &logBuffer{},
+	}
+	if c.CADir == "" {
+		c.CADir = filepath.Join(m.PKI, s.Name)
 	}
 	for _, d := range []string{c.ConfigDir, c.StateDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
