@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
@@ -41,7 +42,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&opts.TrustDomain, "trust-domain", opts.TrustDomain, "this cluster's trust domain")
 	f.StringVar(&opts.SystemNamespace, "system-namespace", opts.SystemNamespace, "the namespace istiod and peerd run in")
 	f.StringVar(&opts.DomainSuffix, "domain-suffix", opts.DomainSuffix, "the cluster's DNS domain suffix")
-	f.StringVar(&opts.GlobalSuffix, "global-suffix", opts.GlobalSuffix, "the DNS suffix of global services (no effect until peering lands)")
+	f.StringVar(&opts.GlobalSuffix, "global-suffix", opts.GlobalSuffix, "the DNS suffix of global services: <name>.<namespace>.<global-suffix>")
 	f.StringVar(&opts.ConfigDir, "config-dir", opts.ConfigDir, "read Kubernetes manifests from this directory instead of an API server (reloaded on change)")
 	f.Int64Var(&opts.MaxFileSize, "max-file-size", opts.MaxFileSize, "largest manifest file read from --config-dir, in bytes; a larger file is refused by name and its last good objects stay")
 	f.StringVar(&opts.Kubeconfig, "kubeconfig", opts.Kubeconfig, "kubeconfig file (default: in-cluster configuration)")
@@ -54,8 +55,34 @@ func newServeCommand() *cobra.Command {
 	f.DurationVar(&opts.MaxConnectionAge, "max-connection-age", opts.MaxConnectionAge, "close client connections after this long so clients rebalance across replicas (0: never)")
 	f.Uint32Var(&opts.MaxStreamsPerConnection, "max-streams-per-connection", opts.MaxStreamsPerConnection, "concurrent gRPC streams one client connection may open (ztunnel and peers use one)")
 	f.DurationVar(&opts.DrainDuration, "drain-duration", opts.DrainDuration, "on SIGTERM, how long open streams get before peerd exits; their ends are spread over it so clients reconnect to other replicas gradually (0: end them all at once)")
-	f.DurationVar(&opts.PeerStaleTTL, "peer-stale-ttl", opts.PeerStaleTTL, "how long a lost peer's services are kept, from the moment the link is lost (no effect until peering lands)")
-	f.DurationVar(&opts.PeerSyncTimeout, "peer-sync-timeout", opts.PeerSyncTimeout, "how long /readyz waits for peer links that have not synced (no effect until peering lands)")
+	f.DurationVar(&opts.PeerStaleTTL, "peer-stale-ttl", opts.PeerStaleTTL, "how long a lost peer's services are kept, from the moment the link is lost")
+	f.DurationVar(&opts.PeerSyncTimeout, "peer-sync-timeout", opts.PeerSyncTimeout, "how long /readyz and the opening of the xDS listeners wait for peer links that have not synced")
+	f.StringVar(&opts.StateDir, "state-dir", opts.StateDir, "directory for what must outlive a restart: each link's last known state and the VIPs of global services (empty: nothing is kept)")
+	f.BoolVar(&opts.SkipValidateTrustDomain, "skip-validate-trust-domain", opts.SkipValidateTrustDomain, "accept a peer whose certificate names another trust domain than its link Gateway's gateway.istio.io/trust-domain (the chain must still lead to the root)")
+	f.StringVar(&opts.ServiceAccount, "service-account", opts.ServiceAccount, "peerd's service account: its identity is spiffe://<trust-domain>/ns/<system-namespace>/sa/<service-account>, and peers must present the same namespace and account")
+	f.Var(prefixFlag{&opts.VIPv4Range}, "vip-ipv4-range", "IPv4 range the VIPs of global services are allocated from")
+	f.Var(prefixFlag{&opts.VIPv6Range}, "vip-ipv6-range", "IPv6 range the VIPs of global services are allocated from")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
 	return cmd
 }
+
+// prefixFlag is a pflag.Value for a netip.Prefix.
+type prefixFlag struct{ p *netip.Prefix }
+
+func (f prefixFlag) String() string {
+	if f.p == nil || !f.p.IsValid() {
+		return ""
+	}
+	return f.p.String()
+}
+
+func (f prefixFlag) Set(s string) error {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return err
+	}
+	*f.p = p.Masked()
+	return nil
+}
+
+func (prefixFlag) Type() string { return "prefix" }

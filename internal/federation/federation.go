@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,6 +35,10 @@ type ImportedService struct {
 	Cluster string
 	// Service is the summary as received; it passed Validate.
 	Service *federationpb.FederatedService
+	// Received is when this version arrived from the peer (zero when it
+	// was loaded from saved state). It is not part of the content: Equal
+	// ignores it. The serve loop measures convergence from it.
+	Received time.Time
 }
 
 // NewImported wraps a received summary of cluster.
@@ -50,7 +55,7 @@ func (s *ImportedService) DeepCopyObject() runtime.Object {
 	if s == nil {
 		return nil
 	}
-	c := &ImportedService{TypeMeta: s.TypeMeta, Cluster: s.Cluster}
+	c := &ImportedService{TypeMeta: s.TypeMeta, Cluster: s.Cluster, Received: s.Received}
 	s.ObjectMeta.DeepCopyInto(&c.ObjectMeta)
 	if s.Service != nil {
 		c.Service = proto.Clone(s.Service).(*federationpb.FederatedService)
@@ -58,7 +63,8 @@ func (s *ImportedService) DeepCopyObject() runtime.Object {
 	return c
 }
 
-// Equal reports whether two imported services say the same thing.
+// Equal reports whether two imported services say the same thing (when
+// they arrived does not count).
 func (s *ImportedService) Equal(o *ImportedService) bool {
 	if s == nil || o == nil {
 		return s == o

@@ -3,6 +3,7 @@ package serve
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/peerd-mesh/peerd/internal/discovery"
@@ -48,6 +49,21 @@ type Options struct {
 	DrainDuration   time.Duration
 	PeerStaleTTL    time.Duration
 	PeerSyncTimeout time.Duration
+	// StateDir keeps what must outlive a restart in file mode: the last
+	// known state of every link and the VIPs of global services. Empty:
+	// nothing is kept (a restart during a partition forgets the peer).
+	StateDir string
+	// SkipValidateTrustDomain accepts a peer whose certificate names another
+	// trust domain than its link Gateway's annotation (as istiod's
+	// SKIP_VALIDATE_TRUST_DOMAIN); the chain must still lead to the root.
+	SkipValidateTrustDomain bool
+	// ServiceAccount is peerd's own: its identity is
+	// spiffe://<trust-domain>/ns/<system-namespace>/sa/<service-account>,
+	// and peers are recognised by the same namespace and account.
+	ServiceAccount string
+	// VIPv4Range and VIPv6Range are where global services' VIPs come from.
+	VIPv4Range netip.Prefix
+	VIPv6Range netip.Prefix
 }
 
 // DefaultOptions returns the defaults the design promises.
@@ -67,6 +83,9 @@ func DefaultOptions() Options {
 		DrainDuration:           defaultDrainDuration,
 		PeerStaleTTL:            10 * time.Minute,
 		PeerSyncTimeout:         30 * time.Second,
+		ServiceAccount:          "peerd",
+		VIPv4Range:              netip.MustParsePrefix("240.240.0.0/16"),
+		VIPv6Range:              netip.MustParsePrefix("2001:2::/48"),
 	}
 }
 
@@ -101,6 +120,18 @@ func (o Options) Validate() error {
 	}
 	if o.MaxFileSize <= 0 {
 		errs = append(errs, fmt.Errorf("--max-file-size %d: must be positive", o.MaxFileSize))
+	}
+	if !o.VIPv4Range.IsValid() || !o.VIPv4Range.Addr().Is4() || o.VIPv4Range.Bits() > 30 {
+		errs = append(errs, fmt.Errorf("--vip-ipv4-range %v: must be an IPv4 prefix of at most /30", o.VIPv4Range))
+	}
+	if !o.VIPv6Range.IsValid() || !o.VIPv6Range.Addr().Is6() || o.VIPv6Range.Addr().Is4In6() || o.VIPv6Range.Bits() > 126 {
+		errs = append(errs, fmt.Errorf("--vip-ipv6-range %v: must be an IPv6 prefix of at most /126", o.VIPv6Range))
+	}
+	if o.ServiceAccount == "" {
+		errs = append(errs, errors.New("--service-account is required: it is peerd's identity towards its peers"))
+	}
+	if o.PeerStaleTTL < 0 || o.PeerSyncTimeout < 0 {
+		errs = append(errs, fmt.Errorf("--peer-stale-ttl %v, --peer-sync-timeout %v: must not be negative", o.PeerStaleTTL, o.PeerSyncTimeout))
 	}
 	if o.MaxConnectionAge < 0 {
 		errs = append(errs, fmt.Errorf("--max-connection-age %v: must not be negative", o.MaxConnectionAge))

@@ -207,29 +207,60 @@ func (t *table) String() string {
 
 // endpointCounts counts, per service key, the workloads that list the
 // service and how many of them ztunnel would pick under the default
-// health policy: HEALTHY with a capacity other than 0.
-func endpointCounts(addrs []*workloadpb.Address) (healthy, total map[string]int) {
-	healthy, total = map[string]int{}, map[string]int{}
+// health policy: HEALTHY with a capacity other than 0. byCluster sums,
+// per service key and cluster, the capacity of the usable ones: a remote
+// cluster's split-horizon workload stands for as many endpoints as its
+// capacity says.
+func endpointCounts(addrs []*workloadpb.Address) (healthy, total map[string]int, byCluster map[string]map[string]uint32) {
+	healthy, total, byCluster = map[string]int{}, map[string]int{}, map[string]map[string]uint32{}
 	for _, a := range addrs {
 		w := a.GetWorkload()
 		if w == nil {
 			continue
 		}
-		usable := w.GetStatus() == workloadpb.WorkloadStatus_HEALTHY &&
-			(w.GetCapacity() == nil || w.GetCapacity().GetValue() > 0)
+		capacity := uint32(1)
+		if w.GetCapacity() != nil {
+			capacity = w.GetCapacity().GetValue()
+		}
+		usable := w.GetStatus() == workloadpb.WorkloadStatus_HEALTHY && capacity > 0
 		for k := range w.GetServices() {
 			total[k]++
 			if usable {
 				healthy[k]++
+				if byCluster[k] == nil {
+					byCluster[k] = map[string]uint32{}
+				}
+				byCluster[k][w.GetClusterId()] += capacity
 			}
 		}
 	}
-	return healthy, total
+	return healthy, total, byCluster
+}
+
+// clusters renders "c1=2,c2=3": per cluster (sorted), the usable capacity
+// of a service's endpoints; "-" for a service without usable endpoints.
+func clusters(byCluster map[string]uint32) string {
+	if len(byCluster) == 0 {
+		return "-"
+	}
+	names := make([]string, 0, len(byCluster))
+	for c := range byCluster {
+		names = append(names, c)
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, c := range names {
+		if c == "" {
+			c = "-"
+		}
+		parts[i] = fmt.Sprintf("%s=%d", c, byCluster[names[i]])
+	}
+	return strings.Join(parts, ",")
 }
 
 func servicesTable(addrs []*workloadpb.Address, opts Options) string {
-	healthy, total := endpointCounts(addrs)
-	t := newTable("NAMESPACE", "NAME", "HOSTNAME", "VIPS", "PORTS", "ENDPOINTS", "LB")
+	healthy, total, byCluster := endpointCounts(addrs)
+	t := newTable("NAMESPACE", "NAME", "HOSTNAME", "VIPS", "PORTS", "ENDPOINTS", "CLUSTERS", "LB")
 	for _, a := range sortedAddresses(addrs) {
 		s := a.GetService()
 		if s == nil || !opts.keep(s.GetNamespace()) {
@@ -246,14 +277,14 @@ func servicesTable(addrs []*workloadpb.Address, opts Options) string {
 		k := serviceKey(s)
 		t.row(s.GetNamespace(), s.GetName(), s.GetHostname(),
 			strings.Join(vips, ","), strings.Join(ports, ","),
-			fmt.Sprintf("%d/%d", healthy[k], total[k]),
+			fmt.Sprintf("%d/%d", healthy[k], total[k]), clusters(byCluster[k]),
 			loadBalancing(s.GetLoadBalancing()))
 	}
 	return t.String()
 }
 
 func workloadsTable(addrs []*workloadpb.Address, opts Options) string {
-	t := newTable("NAMESPACE", "NAME", "ADDRESS", "NODE", "NETWORK", "STATUS", "PROTOCOL", "LOCALITY", "SERVICES")
+	t := newTable("NAMESPACE", "NAME", "CLUSTER", "ADDRESS", "NODE", "NETWORK", "STATUS", "CAPACITY", "PROTOCOL", "LOCALITY", "SERVICES")
 	for _, a := range sortedAddresses(addrs) {
 		w := a.GetWorkload()
 		if w == nil || !opts.keep(w.GetNamespace()) {
@@ -263,8 +294,12 @@ func workloadsTable(addrs []*workloadpb.Address, opts Options) string {
 		if name == "" {
 			name = w.GetUid()
 		}
-		t.row(w.GetNamespace(), name, workloadAddress(w), w.GetNode(), w.GetNetwork(),
-			w.GetStatus().String(), protocol(w.GetTunnelProtocol()), locality(w.GetLocality()),
+		capacity := ""
+		if w.GetCapacity() != nil {
+			capacity = strconv.FormatUint(uint64(w.GetCapacity().GetValue()), 10)
+		}
+		t.row(w.GetNamespace(), name, w.GetClusterId(), workloadAddress(w), w.GetNode(), w.GetNetwork(),
+			w.GetStatus().String(), capacity, protocol(w.GetTunnelProtocol()), locality(w.GetLocality()),
 			strconv.Itoa(len(w.GetServices())))
 	}
 	return t.String()

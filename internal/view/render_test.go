@@ -67,6 +67,7 @@ func fixture() Snapshot {
 				w.Network = "net1"
 				w.Status = workloadpb.WorkloadStatus_UNHEALTHY
 				w.Node = "node-b"
+				w.ClusterId = "c1"
 			}, endpointOf(echoKey)),
 			svc("apps", "echo", "echo.apps.svc.cluster.local", func(s *workloadpb.Service) {
 				s.Addresses = []*workloadpb.NetworkAddress{vip("net1", "10.96.0.10"), vip("net1", "fd00::10")}
@@ -80,6 +81,7 @@ func fixture() Snapshot {
 				w.Addresses = [][]byte{ipb("10.244.0.7"), ipb("fd00:10:244::7")}
 				w.Network = "net1"
 				w.Node = "node-a"
+				w.ClusterId = "c1"
 				w.TunnelProtocol = workloadpb.TunnelProtocol_HBONE
 				w.Locality = &workloadpb.Locality{Region: "eu", Zone: "eu-1"}
 			}, endpointOf(echoKey, globalKey)),
@@ -104,6 +106,7 @@ func fixture() Snapshot {
 			// its east-west gateway; capacity = its ready endpoints.
 			wl("apps", "echo-c2", func(w *workloadpb.Workload) {
 				w.Uid = "c2/remote/apps/echo"
+				w.ClusterId = "c2"
 				w.Network = "net2"
 				w.NetworkGateway = &workloadpb.GatewayAddress{
 					Destination:   &workloadpb.GatewayAddress_Address{Address: vip("net2", "172.18.0.5")},
@@ -116,6 +119,7 @@ func fixture() Snapshot {
 			// A healthy workload with capacity 0 is never picked.
 			wl("apps", "echo-c3", func(w *workloadpb.Workload) {
 				w.Uid = "c3/remote/apps/echo"
+				w.ClusterId = "c3"
 				w.Network = "net3"
 				w.NetworkGateway = &workloadpb.GatewayAddress{
 					Destination:   &workloadpb.GatewayAddress_Hostname{Hostname: &workloadpb.NamespacedHostname{Namespace: "istio-system", Hostname: "ew.example.com"}},
@@ -138,19 +142,19 @@ func fixture() Snapshot {
 }
 
 func TestTable(t *testing.T) {
-	const services = `NAMESPACE    NAME      HOSTNAME                           VIPS                           PORTS                        ENDPOINTS  LB
-apps         echo      echo.apps.mesh.internal            net1/240.240.0.1               80->8080                     2/3        FAILOVER[NETWORK]
-apps         echo      echo.apps.svc.cluster.local        net1/10.96.0.10,net1/fd00::10  80->8080/HTTP11,9090->named  1/2        -
-apps         local     local.apps.svc.cluster.local       /10.96.0.11                    -                            0/0        STRICT[NODE]+ALLOW_ALL
-apps         notready  notready.apps.svc.cluster.local    -                              -                            0/0        ALLOW_ALL
-kube-system  dns       dns.kube-system.svc.cluster.local  -                              -                            0/0        -
+	const services = `NAMESPACE    NAME      HOSTNAME                           VIPS                           PORTS                        ENDPOINTS  CLUSTERS   LB
+apps         echo      echo.apps.mesh.internal            net1/240.240.0.1               80->8080                     2/3        c1=1,c2=3  FAILOVER[NETWORK]
+apps         echo      echo.apps.svc.cluster.local        net1/10.96.0.10,net1/fd00::10  80->8080/HTTP11,9090->named  1/2        c1=1       -
+apps         local     local.apps.svc.cluster.local       /10.96.0.11                    -                            0/0        -          STRICT[NODE]+ALLOW_ALL
+apps         notready  notready.apps.svc.cluster.local    -                              -                            0/0        -          ALLOW_ALL
+kube-system  dns       dns.kube-system.svc.cluster.local  -                              -                            0/0        -          -
 `
-	const workloads = `NAMESPACE    NAME                        ADDRESS                                NODE    NETWORK  STATUS     PROTOCOL  LOCALITY        SERVICES
-apps         echo-1                      10.244.0.7,fd00:10:244::7              node-a  net1     HEALTHY    HBONE     eu/eu-1         2
-apps         echo-2                      10.244.1.8                             node-b  net1     UNHEALTHY  TCP       -               1
-apps         echo-c2                     via:net2/172.18.0.5:15008              -       net2     HEALTHY    HBONE     us/us-1/rack-9  1
-apps         echo-c3                     via:istio-system/ew.example.com:15008  -       net3     HEALTHY    TCP       -               1
-kube-system  c1//Pod/kube-system/broken  invalid(0a0000)                        -       -        HEALTHY    TCP       -               0
+	const workloads = `NAMESPACE    NAME                        CLUSTER  ADDRESS                                NODE    NETWORK  STATUS     CAPACITY  PROTOCOL  LOCALITY        SERVICES
+apps         echo-1                      c1       10.244.0.7,fd00:10:244::7              node-a  net1     HEALTHY    -         HBONE     eu/eu-1         2
+apps         echo-2                      c1       10.244.1.8                             node-b  net1     UNHEALTHY  -         TCP       -               1
+apps         echo-c2                     c2       via:net2/172.18.0.5:15008              -       net2     HEALTHY    3         HBONE     us/us-1/rack-9  1
+apps         echo-c3                     c3       via:istio-system/ew.example.com:15008  -       net3     HEALTHY    0         TCP       -               1
+kube-system  c1//Pod/kube-system/broken  -        invalid(0a0000)                        -       -        HEALTHY    -         TCP       -               0
 `
 	const policies = `NAMESPACE  NAME      SCOPE      ACTION  RULES  DRY-RUN
 -          global    GLOBAL     ALLOW   0      true
@@ -166,11 +170,11 @@ apps       deny-all  NAMESPACE  DENY    3      false
 		{"workloads", KindWorkloads, Options{}, workloads},
 		{"policies", KindPolicies, Options{}, policies},
 		{"all", KindAll, Options{}, "SERVICES\n" + services + "\nWORKLOADS\n" + workloads + "\nPOLICIES\n" + policies},
-		{"services in kube-system", KindServices, Options{Namespace: "kube-system"}, `NAMESPACE    NAME  HOSTNAME                           VIPS  PORTS  ENDPOINTS  LB
-kube-system  dns   dns.kube-system.svc.cluster.local  -     -      0/0        -
+		{"services in kube-system", KindServices, Options{Namespace: "kube-system"}, `NAMESPACE    NAME  HOSTNAME                           VIPS  PORTS  ENDPOINTS  CLUSTERS  LB
+kube-system  dns   dns.kube-system.svc.cluster.local  -     -      0/0        -         -
 `},
 		{"workloads in a namespace with none", KindWorkloads, Options{Namespace: "empty"},
-			"NAMESPACE  NAME  ADDRESS  NODE  NETWORK  STATUS  PROTOCOL  LOCALITY  SERVICES\n"},
+			"NAMESPACE  NAME  CLUSTER  ADDRESS  NODE  NETWORK  STATUS  CAPACITY  PROTOCOL  LOCALITY  SERVICES\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := Table(tc.kind, fixture(), tc.opts)
