@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sync"
@@ -22,6 +23,15 @@ import (
 // DefaultServerTTL is the lifetime of a minted serving certificate when the
 // caller passes zero. Short on purpose: rotation is automatic.
 const DefaultServerTTL = 24 * time.Hour
+
+// DefaultLeafTTL is the lifetime of peerd's own identity certificate
+// (IdentityCertificate) when the caller passes zero. It is what Istio gives
+// workload certificates. A shorter life would buy nothing here: the leaf is
+// minted in-process by the intermediate whose key lives in the same memory,
+// so whoever could steal the leaf's key holds the intermediate's too; and
+// the leaf is re-minted at two thirds of its life and at once after a CA
+// reload, so a rotated intermediate or root never waits for it to expire.
+const DefaultLeafTTL = 24 * time.Hour
 
 // CA is an intermediate CA loaded from a cacerts directory. It is immutable
 // and safe for concurrent use.
@@ -144,58 +154,97 @@ func (ca *CA) ServerCertificate(sans []string, ttl time.Duration) (tls.Certifica
 	if len(sans) == 0 {
 		return tls.Certificate{}, errors.New("certs: server certificate: no subject alternative names")
 	}
-	if ttl < 0 {
-		return tls.Certificate{}, fmt.Errorf("certs: server certificate: ttl %s is negative", ttl)
+	return ca.mint(leafSpec{
+		what:   "server certificate",
+		sans:   sans,
+		ttl:    ttl,
+		usages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	})
+}
+
+// IdentityCertificate mints peerd's own certificate: the URI SAN is id's
+// SPIFFE ID, sans are the DNS names and IP addresses its TLS listener
+// answers to (ztunnel checks those; peers check the SPIFFE ID), and it
+// serves both ends of a mutual TLS link (ServerAuth and ClientAuth). The
+// lifetime and chain are as for ServerCertificate (ttl zero:
+// DefaultLeafTTL).
+func (ca *CA) IdentityCertificate(id Identity, sans []string, ttl time.Duration) (tls.Certificate, error) {
+	if err := id.Validate(); err != nil {
+		return tls.Certificate{}, fmt.Errorf("certs: identity certificate: %w", err)
 	}
 	if ttl == 0 {
-		ttl = DefaultServerTTL
+		ttl = DefaultLeafTTL
+	}
+	return ca.mint(leafSpec{
+		what:   "identity certificate " + id.String(),
+		sans:   sans,
+		uris:   []*url.URL{id.URI()},
+		ttl:    ttl,
+		usages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	})
+}
+
+// leafSpec is what distinguishes the leaves a CA mints.
+type leafSpec struct {
+	what   string // for errors: "server certificate"
+	sans   []string
+	uris   []*url.URL
+	ttl    time.Duration
+	usages []x509.ExtKeyUsage
+}
+
+func (ca *CA) mint(spec leafSpec) (tls.Certificate, error) {
+	if spec.ttl < 0 {
+		return tls.Certificate{}, fmt.Errorf("certs: %s: ttl %s is negative", spec.what, spec.ttl)
+	}
+	if spec.ttl == 0 {
+		spec.ttl = DefaultServerTTL
 	}
 	now := ca.now()
 	if !now.Before(ca.cert.NotAfter) {
-		return tls.Certificate{}, fmt.Errorf("certs: %s: %s expired at %s", filepath.Join(ca.dir, CACertFile),
+		return tls.Certificate{}, fmt.Errorf("certs: %s: %s: %s expired at %s", spec.what, filepath.Join(ca.dir, CACertFile),
 			ca.cert.Subject, ca.cert.NotAfter.UTC().Format(time.RFC3339))
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("certs: server certificate: key: %w", err)
-	}
-	serial, err := newSerial()
-	if err != nil {
-		return tls.Certificate{}, err
-	}
-	notAfter := now.Add(ttl)
-	if notAfter.After(ca.cert.NotAfter) {
-		notAfter = ca.cert.NotAfter
-	}
-	notBefore := now.Add(-clockSkew)
-	if notBefore.Before(ca.cert.NotBefore) {
-		notBefore = ca.cert.NotBefore
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: sans[0]},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		URIs:        spec.uris,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: spec.usages,
 	}
-	for i, s := range sans {
+	for i, s := range spec.sans {
 		switch ip := net.ParseIP(s); {
 		case ip != nil:
 			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
 		case s == "":
-			return tls.Certificate{}, fmt.Errorf("certs: server certificate: sans[%d] is empty", i)
+			return tls.Certificate{}, fmt.Errorf("certs: %s: sans[%d] is empty", spec.what, i)
 		default:
 			tmpl.DNSNames = append(tmpl.DNSNames, s)
 		}
 	}
+	if len(spec.sans) > 0 {
+		tmpl.Subject = pkix.Name{CommonName: spec.sans[0]}
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("certs: %s: key: %w", spec.what, err)
+	}
+	if tmpl.SerialNumber, err = newSerial(); err != nil {
+		return tls.Certificate{}, err
+	}
+	tmpl.NotAfter = now.Add(spec.ttl)
+	if tmpl.NotAfter.After(ca.cert.NotAfter) {
+		tmpl.NotAfter = ca.cert.NotAfter
+	}
+	tmpl.NotBefore = now.Add(-clockSkew)
+	if tmpl.NotBefore.Before(ca.cert.NotBefore) {
+		tmpl.NotBefore = ca.cert.NotBefore
+	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("certs: server certificate: sign with %s: %w", filepath.Join(ca.dir, CACertFile), err)
+		return tls.Certificate{}, fmt.Errorf("certs: %s: sign with %s: %w", spec.what, filepath.Join(ca.dir, CACertFile), err)
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("certs: server certificate: parse: %w", err)
+		return tls.Certificate{}, fmt.Errorf("certs: %s: parse: %w", spec.what, err)
 	}
 	return tls.Certificate{
 		Certificate: append([][]byte{der}, ca.chain...),
@@ -210,44 +259,55 @@ func (ca *CA) ServerCertificate(sans []string, ttl time.Duration) (tls.Certifica
 // The first certificate is minted here, so configuration errors surface at
 // start-up rather than on the first handshake.
 func (ca *CA) ServerTLSConfig(sans []string, ttl time.Duration) (*tls.Config, error) {
-	r := &rotator{ca: ca, sans: append([]string(nil), sans...), ttl: ttl}
-	if _, err := r.get(nil); err != nil {
+	sans = append([]string(nil), sans...)
+	r := &rotator{
+		ca:   func() *CA { return ca },
+		now:  func() time.Time { return ca.now() },
+		mint: func(ca *CA) (tls.Certificate, error) { return ca.ServerCertificate(sans, ttl) },
+	}
+	if _, err := r.get(); err != nil {
 		return nil, err
 	}
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		GetCertificate: r.get,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return r.get() },
 	}, nil
 }
 
-// rotator caches the current serving certificate.
+// rotator caches the current leaf: it mints a new one once two thirds of
+// the current one's lifetime have passed (as Istio's workload certificates
+// rotate well before expiry, so a slow or failed renewal has time to be
+// retried), and at once when the CA it was minted by has been replaced.
 type rotator struct {
-	ca   *CA
-	sans []string
-	ttl  time.Duration
+	ca   func() *CA // the CA to mint with now
+	now  func() time.Time
+	mint func(*CA) (tls.Certificate, error)
 
-	mu      sync.Mutex // guards cur and renewAt
+	mu      sync.Mutex // guards cur, curCA and renewAt
 	cur     *tls.Certificate
+	curCA   *CA // minted cur
 	renewAt time.Time
 }
 
-func (r *rotator) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+func (r *rotator) get() (*tls.Certificate, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	now := r.ca.now()
-	if r.cur != nil && now.Before(r.renewAt) {
+	now := r.now()
+	ca := r.ca()
+	if r.cur != nil && ca == r.curCA && now.Before(r.renewAt) {
 		return r.cur, nil
 	}
-	c, err := r.ca.ServerCertificate(r.sans, r.ttl)
+	c, err := r.mint(ca)
 	if err != nil {
 		// A failed renewal must not take the listener down while the
-		// current certificate is still good.
+		// current certificate is still good. curCA stays, so the next
+		// handshake tries again.
 		if r.cur != nil && now.Before(r.cur.Leaf.NotAfter) {
 			return r.cur, nil
 		}
 		return nil, err
 	}
-	r.cur = &c
+	r.cur, r.curCA = &c, ca
 	r.renewAt = now.Add(c.Leaf.NotAfter.Sub(now) * 2 / 3)
 	return r.cur, nil
 }

@@ -86,3 +86,10 @@ func TestImportedServiceCopyAndEqual(t *testing.T) {
 		t.Fatal("services of two clusters compare equal")
 	}
 }
+
+func TestTypeURLNamesTheMessage(t *testing.T) {
+	want := "type.googleapis.com/" + string((&federationpb.FederatedService{}).ProtoReflect().Descriptor().FullName())
+	if TypeURL != want {
+		t.Fatalf("TypeURL = %q; the message is %q", TypeURL, want)
+	}
+}

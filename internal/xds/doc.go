@@ -7,7 +7,8 @@
 // keys), nonces, ACK/NACK handling, and the fan-out of changes.
 //
 // What it must never do: decide what the resources are (internal/ambient
-// does), read Kubernetes or files (internal/discovery does), delay a push on
+// does) or who may have them (ServerOptions.Authorize does, asked once per
+// stream and type; a refusal closes the stream with PermissionDenied), read Kubernetes or files (internal/discovery does), delay a push on
 // a timer (changes are coalesced only when they are already queued), or
 // resend an unchanged version because a client NACKed it.
 //

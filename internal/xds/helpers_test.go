@@ -45,6 +45,13 @@ func newEnv(t *testing.T) *env {
 // newEnvWith is newEnv with the server's limits set (zero fields: defaults).
 func newEnvWith(t *testing.T, limits Limits) *env {
 	t.Helper()
+	return newEnvOptions(t, ServerOptions{Limits: limits})
+}
+
+// newEnvOptions is newEnv with server options (the logger and registerer
+// are the env's).
+func newEnvOptions(t *testing.T, opts ServerOptions) *env {
+	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	e := &env{
 		t:     t,
@@ -55,7 +62,8 @@ func newEnvWith(t *testing.T, limits Limits) *env {
 		lis:   bufconn.Listen(1 << 20),
 		ended: make(chan struct{}, 1000),
 	}
-	e.srv = NewServer(ServerOptions{Logger: zap.New(core), Registerer: e.reg, Limits: limits}, e.addrs, e.authz)
+	opts.Logger, opts.Registerer = zap.New(core), e.reg
+	e.srv = NewServer(opts, e.addrs, e.authz)
 	g := grpc.NewServer(ServerCodec(), grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		e.streamMu.Lock()
 		refuse := e.refuse

@@ -17,6 +17,9 @@ type metrics struct {
 	// closed counts streams the server ended because the client broke a
 	// limit, by the limit ("queue", "names", "name_length", "replies").
 	closed *prometheus.CounterVec
+	// denied counts types refused by ServerOptions.Authorize. Identity and
+	// reason come from a Denial, whose contract keeps them bounded.
+	denied *prometheus.CounterVec
 }
 
 // shortType turns a type URL into a metric label ("istio.workload.Address").
@@ -54,11 +57,15 @@ func newMetrics(reg prometheus.Registerer, caches []*Cache) *metrics {
 			Name: "peerd_xds_streams_closed_for_limits_total",
 			Help: "Streams the server closed because the client broke a limit, by limit.",
 		}, []string{"limit"}),
+		denied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "peerd_xds_requests_denied_total",
+			Help: "Subscriptions to a type refused by the authorization policy (the stream is closed), by type, identity (a verified peer identity, or anonymous/other) and reason.",
+		}, []string{"type", "identity", "reason"}),
 	}
 	if reg == nil {
 		return m
 	}
-	reg.MustRegister(m.streams, m.pushes, m.nacks, m.pushLatency, m.unknown, m.closed)
+	reg.MustRegister(m.streams, m.pushes, m.nacks, m.pushLatency, m.unknown, m.closed, m.denied)
 	for _, c := range caches {
 		c := c
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -33,7 +33,28 @@ type ServerOptions struct {
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer
 	Limits     Limits
+	// Authorize, when set, is asked once per stream and served type URL,
+	// on the stream's first request for that type, with the stream's
+	// context (peer.FromContext gives the client's TLS state). An error
+	// ends the stream with PermissionDenied (stream.authorize says why); a
+	// *Denial sets the metric labels, any other error counts as "other".
+	Authorize func(ctx context.Context, typeURL string) error
 }
+
+// Denial is an Authorize error that says who was refused and why, in
+// words for the log and the client, and as bounded metric labels.
+type Denial struct {
+	// Identity labels the metric: a small, known set of values (a
+	// verified peer identity, "anonymous", "other"), never a raw client
+	// name, or /metrics grows with every client.
+	Identity string
+	// Reason labels the metric: a fixed word ("peer_identity").
+	Reason string
+	// Message is the explanation sent to the client and logged.
+	Message string
+}
+
+func (d *Denial) Error() string { return d.Message }
 
 // Limits bound what one stream may cost the server. A client past a limit
 // gets its stream closed with a status that names the limit; other streams
@@ -87,6 +108,8 @@ type Server struct {
 	metrics *metrics
 	limits  Limits
 	ids     atomic.Uint64
+	// authorize is ServerOptions.Authorize.
+	authorize func(ctx context.Context, typeURL string) error
 
 	// onSend and onRequest, when set (tests only), see every response just
 	// before Send and every request before it is handled. shared is the
@@ -107,6 +130,8 @@ func NewServer(opts ServerOptions, caches ...*Cache) *Server {
 		caches:  make(map[string]*Cache, len(caches)),
 		metrics: newMetrics(opts.Registerer, caches),
 		limits:  opts.Limits.withDefaults(),
+
+		authorize: opts.Authorize,
 	}
 	for _, c := range caches {
 		s.caches[c.TypeURL()] = c
@@ -363,6 +388,9 @@ func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) error {
 		if c == nil {
 			return st.answerUnknown(req)
 		}
+		if err := st.authorize(typeURL); err != nil {
+			return err
+		}
 		ts = &typeState{cache: c, names: map[string]struct{}{}, resolved: map[string]struct{}{}, followed: map[string]struct{}{}}
 		ts.w = c.addWatcher(st.wake)
 		st.types[typeURL] = ts
@@ -417,6 +445,35 @@ func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) error {
 		return nil // a plain ACK or an unsubscription: nothing to send
 	}
 	return st.respond(ts, r)
+}
+
+// authorize asks ServerOptions.Authorize about typeURL. A refusal ends the
+// whole stream with PermissionDenied rather than answering the type empty:
+// delta xDS has no per-type error, and an empty answer reads as "there are
+// no resources", which would make a peer link withdraw everything it
+// imported instead of reporting itself rejected. No legitimate client mixes
+// a refused type with allowed ones on one stream (ztunnel asks for its two
+// types, a peer link for the federation type), so nothing good is lost; a
+// refused client retries with its own backoff and is refused again, each
+// time logged and counted.
+func (st *stream) authorize(typeURL string) error {
+	auth := st.srv.authorize
+	if auth == nil {
+		return nil
+	}
+	err := auth(st.gs.Context(), typeURL)
+	if err == nil {
+		return nil
+	}
+	d, ok := err.(*Denial)
+	if !ok {
+		d = &Denial{Identity: "other", Reason: "other", Message: err.Error()}
+	}
+	st.srv.metrics.denied.WithLabelValues(shortType(typeURL), d.Identity, d.Reason).Inc()
+	st.log.Warn("refused a type to the client; closing the stream",
+		zap.String("type", typeURL), zap.String("identity", d.Identity), zap.String("reason", d.Reason),
+		zap.String("message", d.Message))
+	return status.Errorf(codes.PermissionDenied, "%s: %s", typeURL, d.Message)
 }
 
 func indexOf(list []string, s string) int {
