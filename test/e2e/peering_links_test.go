@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -132,8 +133,10 @@ func TestPeeringPeerUnderAnotherRootIsRejected(t *testing.T) {
 	waitLinkState(t, c1, "cluster2", "synced")
 	waitEndpointClusters(t, z, globalKey("hello", "echo"), "cluster1", "cluster2")
 	waitEndpointClusters(t, z, globalKey("shop", "cart"), "cluster1", "cluster2")
-	if _, found, _ := c1.Metric(context.Background(), "peerd_peer_rejections_total", `cluster3`); !found {
-		t.Errorf("no peerd_peer_rejections_total sample for cluster3")
+	// cluster1's link refused cluster3's server certificate (the client
+	// side of the handshake) and counted it.
+	if v, _, err := c1.Metric(context.Background(), "peerd_tls_rejections_total", `side="client"`); err != nil || v == 0 {
+		t.Errorf("peerd_tls_rejections_total{side=\"client\"} = %v (%v); want the refused handshakes counted", v, err)
 	}
 }
 
@@ -180,16 +183,32 @@ func TestPeeringWrongTrustDomainIsRejected(t *testing.T) {
 func TestPeeringZtunnelGetsNoFederationData(t *testing.T) {
 	m := startLinkedMesh(t, nil)
 	c1 := m.Cluster("cluster1")
+	// The control: cluster1 does serve its exports to a peer (cluster2
+	// holds notes, which only cluster1 exports), so the zero below is a
+	// refusal, not an empty export.
+	waitEndpointClusters(t, clientOn(t, m.Cluster("cluster2"), "node-a"), globalKey("hello", "notes"), "cluster1")
 	tlsConfig, err := certs.ClientTLSConfig(m.RootCert(), "istiod."+mesh.SystemNamespace+".svc")
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A workload identity under the same root that is not peerd's.
+	ca, err := certs.LoadCA(c1.CADir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	workload, err := ca.IdentityCertificate(certs.Identity{TrustDomain: c1.TrustDomain, Namespace: mesh.SystemNamespace, ServiceAccount: "ztunnel"}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCert := tlsConfig.Clone()
+	withCert.Certificates = []tls.Certificate{workload}
 	for _, tc := range []struct {
 		name   string
 		target string
 		creds  grpc.DialOption
 	}{
 		{"TLS listener, no client certificate", c1.ListenAddr, grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig))},
+		{"TLS listener, a workload certificate that is not peerd's", c1.ListenAddr, grpc.WithTransportCredentials(credentials.NewTLS(withCert))},
 		{"plaintext listener", c1.PlaintextAddr, grpc.WithTransportCredentials(insecure.NewCredentials())},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
