@@ -12,7 +12,8 @@ type LinkOptions struct {
 	// TrustDomain replaces the gateway.istio.io/trust-domain annotation.
 	TrustDomain string
 	// Address replaces spec.addresses[0] (default 127.0.0.1) and Port the
-	// xds-tls listener's port (default the target's relay).
+	// xds-tls listener's port (default the target's relay), e.g. to point
+	// the link at a stand-in peer.
 	Address string
 	Port    int
 }
@@ -45,9 +46,9 @@ func LinkGateway(target *Cluster, o LinkOptions) string {
 	if o.Address != "" {
 		addr = o.Address
 	}
-	port := target.Relay.Port()
-	if o.Port != 0 {
-		port = o.Port
+	port := o.Port
+	if port == 0 {
+		port = target.Relay.Port()
 	}
 	var locality strings.Builder
 	if target.Region != "" {
