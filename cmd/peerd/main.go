@@ -35,6 +35,7 @@ func newRootCommand() *cobra.Command {
 		newServeCommand(),
 		newCertsCommand(),
 		newViewCommand(),
+		newExplainCommand(),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print peerd's version",

@@ -1,12 +1,7 @@
 package main
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"net"
-	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -15,29 +10,14 @@ import (
 
 func newViewCommand() *cobra.Command {
 	var (
-		addr    string
-		dial    view.DialOptions
-		output  string
-		ns      string
-		timeout time.Duration
+		server serverFlags
+		output string
+		ns     string
 	)
 	run := func(kind view.Kind) func(*cobra.Command, []string) error {
 		return func(cmd *cobra.Command, _ []string) error {
 			if output != "table" && output != "json" {
 				return fmt.Errorf("--output %q: want table or json", output)
-			}
-			if !dial.TLS && (dial.RootCert != "" || dial.ServerName != "") {
-				return errors.New("--root-cert and --server-name apply only with --tls")
-			}
-			if dial.TLS && dial.RootCert == "" {
-				return errors.New("--tls needs --root-cert (the mesh root, e.g. root-cert.pem from `peerd certs`)")
-			}
-			d := dial
-			if d.TLS && d.ServerName == "" {
-				// As any TLS client: expect the host we dial in the certificate.
-				if host, _, err := net.SplitHostPort(addr); err == nil {
-					d.ServerName = host
-				}
 			}
 			var types []string
 			switch kind {
@@ -46,24 +26,9 @@ func newViewCommand() *cobra.Command {
 			case view.KindPolicies:
 				types = []string{view.AuthorizationTypeURL}
 			}
-
-			ctx := cmd.Context()
-			if ctx == nil {
-				ctx = context.Background()
-			}
-			ctx, cancel := context.WithTimeout(ctx, timeout)
-			defer cancel()
-			cc, err := view.Dial(addr, d)
+			snap, err := server.snapshot(cmd.Context(), types)
 			if err != nil {
 				return err
-			}
-			defer cc.Close()
-			snap, err := view.Fetch(ctx, cc, view.FetchOptions{TypeURLs: types})
-			if err != nil {
-				if d.TLS && dial.ServerName == "" && strings.Contains(err.Error(), "x509") {
-					return fmt.Errorf("--addr %s: %w (the certificate was checked for %q, the host of --addr; pass --server-name, e.g. peerd.istio-system.svc)", addr, err, d.ServerName)
-				}
-				return fmt.Errorf("--addr %s: %w", addr, err)
 			}
 
 			opts := view.Options{Namespace: ns}
@@ -100,13 +65,9 @@ Without a subcommand, everything is shown.`,
 		RunE: run(view.KindAll),
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&addr, "addr", "", "peerd's gRPC address, HOST:PORT (its --plaintext-listen, or --listen with --tls)")
-	pf.BoolVar(&dial.TLS, "tls", false, "use TLS, verifying peerd against --root-cert only")
-	pf.StringVar(&dial.RootCert, "root-cert", "", "PEM file of the mesh root to trust with --tls")
-	pf.StringVar(&dial.ServerName, "server-name", "", "name expected in peerd's certificate with --tls (default: the host of --addr), e.g. peerd.istio-system.svc")
+	server.register(pf)
 	pf.StringVarP(&output, "output", "o", "table", "table or json (protojson of the resources)")
 	pf.StringVarP(&ns, "namespace", "n", "", "show only this namespace")
-	pf.DurationVar(&timeout, "timeout", 30*time.Second, "give up when the full view has not arrived by then")
 	_ = cmd.MarkPersistentFlagRequired("addr")
 
 	for _, sub := range []struct {

@@ -24,7 +24,7 @@ const authorizationGap = "authorization: no policy source yet; ztunnels receive 
 // clientAuthenticationGap explains, wherever peerd reports its state, that
 // the TLS listener proves peerd's identity to clients but checks none of
 // theirs (ztunnel token review and peer mTLS are not built yet).
-const clientAuthenticationGap = "client authentication: none yet on --listen; any client that reaches it, with no token and no certificate, receives the whole mesh"
+const clientAuthenticationGap = "ztunnel authentication: none yet on --listen; peers need a peerd certificate under the mesh root, but any other client that reaches it, with no token, receives ztunnel's view of the mesh"
 
 // status is what /readyz reports.
 type status struct {
@@ -45,7 +45,7 @@ func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
 	s := &status{index: index}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "peerd_client_authentication_missing",
-		Help: "1 while the TLS listener (--listen) serves xDS to clients without authenticating them.",
+		Help: "1 while the TLS listener (--listen) serves ztunnel's types to clients without authenticating them (peers are authenticated by certificate).",
 	}, func() float64 {
 		if s.clientAuthMissing.Load() {
 			return 1

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery"
 )
 
@@ -98,6 +99,11 @@ func (o Options) sans() []string {
 		"peerd." + o.SystemNamespace + ".svc",
 		"istiod." + o.SystemNamespace + ".svc",
 	}
+}
+
+// identity is peerd's own SPIFFE identity.
+func (o Options) identity() certs.Identity {
+	return certs.Identity{TrustDomain: o.TrustDomain, Namespace: o.SystemNamespace, ServiceAccount: o.ServiceAccount}
 }
 
 // Validate reports the first setting that cannot work, naming the flag.

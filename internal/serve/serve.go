@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/peerd-mesh/peerd/internal/ambient"
+	"github.com/peerd-mesh/peerd/internal/authz"
 	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	"github.com/peerd-mesh/peerd/internal/xds"
@@ -54,16 +55,26 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	var tlsCreds credentials.TransportCredentials
+	var identity *certs.Credentials
 	if opts.Listen != "" {
-		ca, err := certs.LoadCA(opts.CADir)
+		authority, err := certs.NewAuthority(opts.CADir, certs.AuthorityOptions{Logger: log, Registerer: reg})
 		if err != nil {
 			return fmt.Errorf("--ca-dir %s: %w", opts.CADir, err)
 		}
-		tlsConfig, err := ca.ServerTLSConfig(opts.sans(), serverCertTTL)
+		// The CA is followed for the life of the process: a new
+		// intermediate or root bundle applies to the next handshake.
+		go func() { _ = authority.Run(ctx) }()
+		identity, err = certs.NewCredentials(authority, certs.CredentialsOptions{
+			Identity:   opts.identity(),
+			SANs:       opts.sans(),
+			TTL:        serverCertTTL,
+			Logger:     log,
+			Registerer: reg,
+		})
 		if err != nil {
-			return fmt.Errorf("--ca-dir %s: minting the server certificate: %w", opts.CADir, err)
+			return fmt.Errorf("--ca-dir %s: minting peerd's certificate: %w", opts.CADir, err)
 		}
-		tlsCreds = credentials.NewTLS(tlsConfig)
+		tlsCreds = identity.ServerCredentials()
 	}
 
 	index := discovery.NewIndex()
@@ -74,7 +85,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd until the istiod relay exists")
 	if opts.Listen != "" {
 		status.clientAuthMissing.Store(true)
-		log.Warn("no client authentication on --listen: TLS proves peerd to its clients, but any client that reaches the address gets the whole mesh (addresses, identities, nodes) without a token or certificate, until ztunnel token auth and peer mTLS exist; reach it only from trusted networks",
+		log.Warn("no ztunnel authentication on --listen: peers must present a peerd certificate under the mesh root, but any other client that reaches the address gets ztunnel's view of the mesh (addresses, identities, nodes) without a token, until ztunnel token auth exists; reach it only from trusted networks",
 			zap.String("listen", opts.Listen))
 	}
 
@@ -116,7 +127,8 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	go model.run(ctx)
 	log.Info("sources synced; first model built", zap.Int("addresses", addresses.Len()))
 
-	xdsServer := xds.NewServer(xds.ServerOptions{Logger: log, Registerer: reg}, addresses, authorizations)
+	policy := authz.Policy{SystemNamespace: opts.SystemNamespace, ServiceAccount: opts.ServiceAccount}
+	xdsServer := xds.NewServer(xds.ServerOptions{Logger: log, Registerer: reg, Authorize: policy.Authorize}, addresses, authorizations)
 	drain := newDrainer()
 	var grpcServers []*grpc.Server
 	for _, l := range []struct {

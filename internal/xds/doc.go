@@ -1,6 +1,7 @@
 // Package xds is peerd's delta-xDS server: it serves ztunnel (and peerd's
 // peers) the resources of one Cache per type URL over envoy's aggregated
-// discovery service, delta variant only.
+// discovery service, delta variant only. It also holds peerd's one
+// delta-xDS Client, used by the peer links, the CLI and the tests.
 //
 // What it owns: the resources' wire encodings and content-hash versions,
 // each client's subscription (wildcard, explicit names, on-demand alias
@@ -27,6 +28,21 @@
 //     responses. Other streams are unaffected.
 //   - Cache.Update takes upserts and deletes; Replace (a full set) is Update
 //     with the deletes worked out.
+//
+// The Client subscribes to whole types (wildcard) over one stream per
+// connection, and reconnects with exponential backoff and full jitter (reset
+// after a connection that synced) until its Run context ends. It owns what
+// it received, with versions, across reconnects: each new stream lists it
+// in initial_resource_versions, so the server sends only what changed and
+// removes what went away meanwhile. Every response gets one reply: an ACK,
+// or a NACK whose error_detail lists "<name>: <error>" for each rejected
+// resource, whose previous version is kept while the valid ones of the same
+// response are applied (as ztunnel does). Keepalive pings detect a path that
+// swallows traffic without closing it. Client concurrency: Run's goroutine
+// alone talks to the server, applies responses and calls the callbacks
+// (with no lock held); it starts no goroutine of its own, and the
+// connection is closed before Run returns. Status and Resources are safe
+// from any goroutine, the callbacks included.
 //
 // Invariants:
 //   - A resource is marshaled once per version (deterministic encoding);

@@ -338,24 +338,25 @@ func TestHostileStreamsOnOneConnection(t *testing.T) {
 	h.p.waitMetric(t, 1, "peerd_xds_connected_streams")
 }
 
-// The TLS listener authenticates no client yet (ztunnel token review and
-// peer mTLS come later): a client with no certificate and no token gets the
-// mesh. Until then peerd says so at start, in /readyz and as a gauge.
+// The TLS listener authenticates peers by certificate but no ztunnel yet
+// (token review comes later): a client with no certificate and no token
+// gets ztunnel's view of the mesh. Until then peerd says so at start, in
+// /readyz and as a gauge.
 func TestHostileUnauthenticatedTLSClientIsReported(t *testing.T) {
 	pki := peerdCerts(t, cluster)
 	p := startPeerd(t, peerdOptions{Args: []string{
 		"--cluster-name", cluster, "--config-dir", repoPath("examples", "cluster1"),
 		"--ca-dir", filepath.Join(pki, cluster), "--listen", freePort(t),
 	}})
-	waitLogContains(t, p, "no client authentication on --listen")
-	if _, body := p.get("/readyz"); !strings.Contains(body, "client authentication: none yet on --listen") {
+	waitLogContains(t, p, "no ztunnel authentication on --listen")
+	if _, body := p.get("/readyz"); !strings.Contains(body, "ztunnel authentication: none yet on --listen") {
 		t.Errorf("/readyz does not say that --listen authenticates no client:\n%s", body)
 	}
 	p.waitMetric(t, 1, "peerd_client_authentication_missing")
 
 	plain := startPeerd(t, peerdOptions{Args: []string{"--cluster-name", cluster, "--config-dir", repoPath("examples", "cluster1")}})
 	plain.waitMetric(t, 0, "peerd_client_authentication_missing")
-	if strings.Contains(plain.Logs(), "no client authentication") {
+	if strings.Contains(plain.Logs(), "no ztunnel authentication") {
 		t.Errorf("peerd without --listen warns about its missing client authentication")
 	}
 }

@@ -9,6 +9,9 @@
 // namespace/hostname; state kept across disconnects; reconnects with doubling
 // backoff sending initial_resource_versions with an empty version for every
 // held name; on-demand Address lookups that wake only on the exact key.
+// Pick and WaitPick say where its traffic for a service would go, ranked by
+// internal/explain from the state it holds (the ranking `peerd explain`
+// prints), so tests assert "a client in cluster 1 sends to cluster 2".
 //
 // What it must never do: depend on peerd's server package (it must be able
 // to talk to any delta-xDS server, including the go-control-plane baseline),
