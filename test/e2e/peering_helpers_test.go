@@ -168,34 +168,14 @@ func linkState(ctx context.Context, c *mesh.Cluster, peer string) string {
 	return found
 }
 
-// clusterShares is where a client at loc sends traffic for the service
-// key: the probability per cluster, by ztunnel's ranking.
-func clusterShares(s *ztunnel.State, key string, loc clientLocality) map[string]float64 {
-	out := map[string]float64{}
-	for _, e := range rankEndpoints(s, key, loc) {
-		out[e.w.GetClusterId()] += e.p
-	}
-	return out
-}
-
-// waitShares waits until a client on the given locality sends traffic for
-// key to the clusters in want, in those proportions (to 1%).
-func waitShares(t *testing.T, c *ztunnel.Client, key string, loc clientLocality, want map[string]float64) {
+// waitShares waits until the client would send traffic for key (from a
+// workload on its node, ranked by internal/explain as `peerd explain` does)
+// to exactly these clusters, in these shares.
+func waitShares(t *testing.T, c *ztunnel.Client, key string, want map[string]float64) {
 	t.Helper()
-	var got map[string]float64
-	waitStateFor(t, c, peeringWait, fmt.Sprintf("traffic for %s from %s/%s split %v", key, loc.Network, loc.Node, want), func(s *ztunnel.State) bool {
-		got = clusterShares(s, key, loc)
-		if len(got) != len(want) {
-			return false
-		}
-		for k, v := range want {
-			if d := got[k] - v; d > 0.01 || d < -0.01 {
-				return false
-			}
-		}
-		return true
-	}, func() string { return fmt.Sprintf("last split %v", got) })
+	ctx, cancel := context.WithTimeout(context.Background(), peeringWait)
+	defer cancel()
+	if _, err := c.WaitPick(ctx, key, ztunnel.SendsOnlyTo(want)); err != nil {
+		t.Fatalf("waiting for traffic to %s to go to %v: %v", key, want, err)
+	}
 }
-
-// clientIn is the locality of a ztunnel on node-a of cluster1.
-var clientIn1 = clientLocality{Network: "network1", Region: "us-east", Zone: "us-east-a", Node: "node-a", Cluster: "cluster1"}

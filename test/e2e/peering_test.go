@@ -128,15 +128,24 @@ func TestPeeringMerge(t *testing.T) {
 				if diff := cmp.Diff(r.lb, svc.GetLoadBalancing(), protocmp.Transform()); diff != "" {
 					t.Errorf("%s load_balancing (-want +got):\n%s", key, diff)
 				}
-				waitShares(t, c1, key, clientIn1, r.shares)
+				waitShares(t, c1, key, r.shares)
 			})
 		}
 		t.Run("PreferClose picks the client's own zone", func(t *testing.T) {
 			// echo-close has a pod in us-east-a and one in us-east-b: only
 			// the first is picked from node-a.
-			ranked := rankEndpoints(stateOf(c1), globalKey("hello", "echo-close"), clientIn1)
-			if len(ranked) != 1 || ranked[0].w.GetLocality().GetZone() != "us-east-a" {
-				t.Fatalf("PreferClose from us-east-a picks %v; want the one us-east-a pod", workloadNames(ranked))
+			r, err := c1.Pick(globalKey("hello", "echo-close"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			var picked []string
+			for _, e := range r.Endpoints {
+				if e.Probability > 0 {
+					picked = append(picked, e.Locality.Zone)
+				}
+			}
+			if !slices.Equal(picked, []string{"us-east-a"}) {
+				t.Fatalf("PreferClose from us-east-a picks endpoints in zones %v; want the one us-east-a pod", picked)
 			}
 		})
 	})
@@ -218,7 +227,7 @@ func TestPeeringFailoverAndFailBack(t *testing.T) {
 	c1 := m.Cluster("cluster1")
 	z := clientOn(t, c1, "node-a")
 	echo := globalKey("hello", "echo")
-	waitShares(t, z, echo, clientIn1, map[string]float64{"cluster1": 1})
+	waitShares(t, z, echo, map[string]float64{"cluster1": 1})
 	waitEndpointClusters(t, z, echo, "cluster1", "cluster2", "cluster3")
 
 	setReady(t, c1, "10-echo-pods.yaml", false)
@@ -232,12 +241,12 @@ func TestPeeringFailoverAndFailBack(t *testing.T) {
 		"echo-spec":   {"cluster2": 1},
 	}
 	for _, name := range keys(failedOver) {
-		waitShares(t, z, globalKey("hello", name), clientIn1, failedOver[name])
+		waitShares(t, z, globalKey("hello", name), failedOver[name])
 	}
 
 	setReady(t, c1, "10-echo-pods.yaml", true)
-	waitShares(t, z, echo, clientIn1, map[string]float64{"cluster1": 1})
-	waitShares(t, z, globalKey("hello", "echo-any"), clientIn1, map[string]float64{"cluster1": 0.4, "cluster2": 0.4, "cluster3": 0.2})
+	waitShares(t, z, echo, map[string]float64{"cluster1": 1})
+	waitShares(t, z, globalKey("hello", "echo-any"), map[string]float64{"cluster1": 0.4, "cluster2": 0.4, "cluster3": 0.2})
 }
 
 // TestPeeringCapacityTracksRemoteReadiness: cluster1's split-horizon
@@ -331,14 +340,6 @@ func hasVIPIn(vs []string, prefix string) bool {
 		}
 	}
 	return false
-}
-
-func workloadNames(r []rankedEndpoint) []string {
-	var out []string
-	for _, e := range r {
-		out = append(out, e.w.GetUid())
-	}
-	return out
 }
 
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
