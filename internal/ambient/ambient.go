@@ -2,7 +2,6 @@ package ambient
 
 import (
 	"cmp"
-	"github.com/peerd-mesh/peerd/internal/federation"
 	"net/netip"
 	"slices"
 
@@ -10,7 +9,9 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"github.com/peerd-mesh/peerd/internal/federation"
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
+	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
 )
 
 // Defaults applied to an empty Config field.
@@ -18,6 +19,14 @@ const (
 	DefaultTrustDomain     = "cluster.local"
 	DefaultDomainSuffix    = "cluster.local"
 	DefaultSystemNamespace = "istio-system"
+	DefaultGlobalSuffix    = "mesh.internal"
+)
+
+// Default ranges of global-service VIPs: reserved for benchmarking (RFC 2544)
+// and the class E block, so they never collide with routable addresses.
+var (
+	DefaultVIPv4Range = netip.MustParsePrefix("240.240.0.0/16")
+	DefaultVIPv6Range = netip.MustParsePrefix("2001:2::/48")
 )
 
 // Config is the cluster-wide context of one Build.
@@ -34,6 +43,25 @@ type Config struct {
 	DomainSuffix string
 	// SystemNamespace holds the network label; empty means DefaultSystemNamespace.
 	SystemNamespace string
+
+	// GlobalSuffix of global service hostnames ("<name>.<ns>.<suffix>");
+	// empty means DefaultGlobalSuffix.
+	GlobalSuffix string
+	// VIPv4Range and VIPv6Range are where global services get their VIPs;
+	// a zero prefix means the default range.
+	VIPv4Range, VIPv6Range netip.Prefix
+	// Locality of the local cluster, sent with every export; empty fields
+	// are unknown.
+	Locality Locality
+	// VIPs are earlier allocations by global hostname (what Model.VIPs
+	// returned before a restart): a service that comes back gets its VIPs
+	// back, and nobody else is given them meanwhile.
+	VIPs map[string][]netip.Addr
+}
+
+// Locality is a cluster's region and zone.
+type Locality struct {
+	Region, Zone string
 }
 
 // Inputs are the Kubernetes objects of one cluster. The field list matches
@@ -98,6 +126,11 @@ type Output struct {
 	Addresses []*workloadpb.Address
 	// Warnings sorted and de-duplicated.
 	Warnings []Warning
+	// Exports are the FederatedServices the cluster exports, sorted by
+	// resource name.
+	Exports []*federationpb.FederatedService
+	// VIPs are the global services' VIP allocations.
+	VIPs map[string][]netip.Addr
 }
 
 // Build maps the inputs to the Address resources istiod's ambient index would
@@ -106,7 +139,7 @@ type Output struct {
 func Build(cfg Config, in Inputs) Output {
 	m := NewModel(cfg)
 	m.Apply(in.changes())
-	return Output{Addresses: m.Addresses(), Warnings: m.Warnings()}
+	return Output{Addresses: m.Addresses(), Warnings: m.Warnings(), Exports: m.Exports(), VIPs: m.VIPs()}
 }
 
 // ResourceName is the xDS resource name of an address: the workload uid, or
@@ -176,16 +209,32 @@ func (c Config) withDefaults() Config {
 	if c.SystemNamespace == "" {
 		c.SystemNamespace = DefaultSystemNamespace
 	}
+	if c.GlobalSuffix == "" {
+		c.GlobalSuffix = DefaultGlobalSuffix
+	}
+	if !c.VIPv4Range.IsValid() {
+		c.VIPv4Range = DefaultVIPv4Range
+	}
+	if !c.VIPv6Range.IsValid() {
+		c.VIPv6Range = DefaultVIPv6Range
+	}
+	c.VIPv4Range, c.VIPv6Range = c.VIPv4Range.Masked(), c.VIPv6Range.Masked()
 	return c
 }
 
 // workloadTrustDomain is the trust_domain field of workloads: istiod leaves it
 // empty for cluster.local, which ztunnel reads as cluster.local.
 func (c Config) workloadTrustDomain() string {
-	if c.TrustDomain == DefaultTrustDomain {
+	return workloadTrustDomain(c.TrustDomain)
+}
+
+// workloadTrustDomain is td as a workload's trust_domain field: empty for
+// cluster.local, which ztunnel assumes when the field is empty.
+func workloadTrustDomain(td string) string {
+	if td == DefaultTrustDomain {
 		return ""
 	}
-	return c.TrustDomain
+	return td
 }
 
 // warnings collects Warnings during one Build.

@@ -3,16 +3,21 @@ package ambient
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/timestamppb"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"github.com/peerd-mesh/peerd/internal/federation"
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
+	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
 )
 
 // Small option builders for the objects the tables need. Each builder
@@ -314,4 +319,96 @@ func diffWarnings(t *testing.T, want, got []Warning) {
 	if d := cmp.Diff(want, got); d != "" {
 		t.Errorf("warnings mismatch (-want +got):\n%s", d)
 	}
+}
+
+func svcLabels(kv ...string) svcOpt {
+	return func(s *corev1.Service) { s.Labels = kvMap(s.Labels, kv) }
+}
+
+func created(sec int64) svcOpt {
+	return func(s *corev1.Service) { s.CreationTimestamp = metav1.Unix(sec, 0) }
+}
+
+type gwOpt func(*gatewayv1.Gateway)
+
+// link is an istio-remote Gateway in istio-gateways linking cluster (also
+// its network), trust domain <cluster>.local, gateway service account
+// "eastwest", at the given addresses.
+func link(name, cluster string, addrs []string, opts ...gwOpt) *gatewayv1.Gateway {
+	gw := &gatewayv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "istio-gateways", Name: name,
+			Labels: map[string]string{federation.LabelNetwork: cluster + "-net", federation.LabelCluster: cluster},
+			Annotations: map[string]string{
+				federation.AnnotationTrustDomain:    cluster + ".local",
+				federation.AnnotationServiceAccount: "eastwest",
+			}},
+		Spec: gatewayv1.GatewaySpec{
+			GatewayClassName: federation.ClassRemote,
+			Listeners: []gatewayv1.Listener{
+				{Name: federation.ListenerHBONE, Port: 15008, Protocol: gatewayv1.ProtocolType("HBONE")},
+				{Name: federation.ListenerXDS, Port: 15012, Protocol: gatewayv1.TLSProtocolType},
+			},
+		},
+	}
+	for _, a := range addrs {
+		gw.Spec.Addresses = append(gw.Spec.Addresses, gatewayv1.GatewaySpecAddress{Value: a})
+	}
+	for _, o := range opts {
+		o(gw)
+	}
+	return gw
+}
+
+func gwLabels(kv ...string) gwOpt {
+	return func(gw *gatewayv1.Gateway) { gw.Labels = kvMap(gw.Labels, kv) }
+}
+
+type importOpt func(*federationpb.FederatedService)
+
+// imported is what cluster exports for ns/name: scope global, one Ready
+// endpoint with identity <cluster>.local/ns/<ns>/sa/<name>, port 80/TCP ->
+// 8080, unless opts say otherwise.
+func imported(cluster, ns, name string, opts ...importOpt) *federation.ImportedService {
+	s := &federationpb.FederatedService{
+		Name:            name,
+		Namespace:       ns,
+		Ports:           []*federationpb.Port{{Port: 80, TargetPort: 8080, Protocol: "TCP", Name: "http"}},
+		SubjectAltNames: []string{spiffeID(cluster+".local", ns, name)},
+		Capacity:        1,
+		Scope:           federationpb.Scope_GLOBAL,
+	}
+	for _, o := range opts {
+		o(s)
+	}
+	return federation.NewImported(cluster, s)
+}
+
+func capacity(n uint32) importOpt {
+	return func(s *federationpb.FederatedService) { s.Capacity = n }
+}
+
+func exportedPorts(ps ...*federationpb.Port) importOpt {
+	return func(s *federationpb.FederatedService) { s.Ports = ps }
+}
+
+func exportedTD(v string) importOpt {
+	return func(s *federationpb.FederatedService) { s.TrafficDistribution = v }
+}
+
+func exportedAt(sec int64) importOpt {
+	return func(s *federationpb.FederatedService) { s.CreationTime = timestamppb.New(time.Unix(sec, 0)) }
+}
+
+func exportedSANs(sans ...string) importOpt {
+	return func(s *federationpb.FederatedService) { s.SubjectAltNames = sans }
+}
+
+func exportedLocality(region, zone string) importOpt {
+	return func(s *federationpb.FederatedService) {
+		s.Locality = &federationpb.Locality{Region: region, Zone: zone}
+	}
+}
+
+func fport(port, target uint32, protocol string) *federationpb.Port {
+	return &federationpb.Port{Port: port, TargetPort: target, Protocol: protocol}
 }

@@ -72,6 +72,8 @@ func indexLabel(namespace string, selector map[string]string) (selectorLabel, bo
 type serviceInfo struct {
 	svc      *workloadpb.Service
 	selector map[string]string
+	// scope: a global Service's endpoints also join its global service.
+	scope scope
 	// portNames by service port number. Like istiod, a later port with the
 	// same number (e.g. 53/TCP and 53/UDP) replaces an earlier one.
 	portNames map[uint32]servicePortName

@@ -35,10 +35,11 @@ const (
 	distributionRegion
 )
 
-// parseTrafficDistribution maps a value to its choice; ok is false for a
-// value nobody knows. Annotations compare case-insensitively (as istiod),
-// spec.trafficDistribution exactly (it is an API enum).
-func parseTrafficDistribution(v string, foldCase bool) (trafficDistribution, bool) {
+// parseTrafficDistribution maps a value to its choice and its canonical
+// spelling; ok is false for a value nobody knows. Annotations compare
+// case-insensitively (as istiod), spec.trafficDistribution exactly (it is an
+// API enum).
+func parseTrafficDistribution(v string, foldCase bool) (d trafficDistribution, canonical string, ok bool) {
 	if foldCase {
 		for _, known := range []string{
 			TrafficDistributionPreferClose, TrafficDistributionPreferSameZone, TrafficDistributionPreferSameNode,
@@ -52,36 +53,41 @@ func parseTrafficDistribution(v string, foldCase bool) (trafficDistribution, boo
 	}
 	switch v {
 	case TrafficDistributionPreferClose, TrafficDistributionPreferSameZone:
-		return distributionSameZone, true
+		return distributionSameZone, v, true
 	case TrafficDistributionPreferSameNode:
-		return distributionSameNode, true
+		return distributionSameNode, v, true
 	case TrafficDistributionPreferNetwork:
-		return distributionNetwork, true
+		return distributionNetwork, v, true
 	case TrafficDistributionPreferRegion:
-		return distributionRegion, true
+		return distributionRegion, v, true
 	case TrafficDistributionAny:
-		return distributionAny, true
+		return distributionAny, v, true
 	}
-	return distributionAny, false
+	return distributionAny, "", false
 }
 
 // loadBalancingInput is what loadBalancing reads.
 type loadBalancingInput struct {
 	service              *corev1.Service
 	namespaceAnnotations map[string]string
+	// fallback applies when the Service asks for no distribution or for
+	// one nobody knows: distributionAny (no load_balancing) for the local
+	// Service, as istiod; distributionNetwork for its global service.
+	fallback trafficDistribution
 }
 
-// loadBalancing is a local Service's load_balancing, or nil.
+// loadBalancing is a Service's load_balancing, or nil.
 //
 // Precedence, as istiod: internalTrafficPolicy Local ([NODE] STRICT, nothing
 // else consulted); else spec.trafficDistribution; else the Service's
-// annotation; else its Namespace's annotation; else none. Where the choices
-// differ from istiod's rules:
+// annotation; else its Namespace's annotation; else the fallback. Where the
+// choices differ from istiod's rules:
 //   - istiod ignores a spec value it does not know and reads the annotations;
 //     peerd does the same for a value nobody knows (with a warning), but
 //     applies its own values (PreferNetwork, PreferRegion, Any) from the spec.
-//   - an unknown annotation value stops the search with "no load_balancing",
-//     exactly as istiod does, plus a warning.
+//   - an unknown annotation value stops the search with the fallback (for a
+//     local Service "no load_balancing", exactly as istiod does), plus a
+//     warning.
 //
 // publishNotReadyAddresses adds health policy ALLOW_ALL on top of any result.
 func loadBalancing(in loadBalancingInput, w *warnings) *workloadpb.LoadBalancing {
@@ -93,7 +99,11 @@ func loadBalancing(in loadBalancingInput, w *warnings) *workloadpb.LoadBalancing
 			Mode:              workloadpb.LoadBalancing_STRICT,
 		}
 	} else {
-		lb = distributionLoadBalancing(resolveTrafficDistribution(in, w))
+		d, _, ok := requestedDistribution(in, w)
+		if !ok {
+			d = in.fallback
+		}
+		lb = distributionLoadBalancing(d)
 	}
 	if s.Spec.PublishNotReadyAddresses {
 		if lb == nil {
@@ -104,33 +114,37 @@ func loadBalancing(in loadBalancingInput, w *warnings) *workloadpb.LoadBalancing
 	return lb
 }
 
-func resolveTrafficDistribution(in loadBalancingInput, w *warnings) trafficDistribution {
+// requestedDistribution is the traffic distribution the Service asks for,
+// in istiod's precedence, with its canonical spelling (what an export
+// carries); ok is false when it asks for none, or stops the search at a value
+// nobody knows (a warning).
+func requestedDistribution(in loadBalancingInput, w *warnings) (trafficDistribution, string, bool) {
 	s := in.service
 	if v := s.Spec.TrafficDistribution; v != nil && *v != "" {
-		if d, ok := parseTrafficDistribution(*v, false); ok {
-			return d
+		if d, canonical, ok := parseTrafficDistribution(*v, false); ok {
+			return d, canonical, true
 		}
 		w.add(objectRef("service", s.Namespace, s.Name), "spec.trafficDistribution",
 			fmt.Sprintf("unknown traffic distribution %q: ignored, annotations and default apply", *v))
 	}
 	annotationField := "metadata.annotations[" + AnnotationTrafficDistribution + "]"
 	if v := s.Annotations[AnnotationTrafficDistribution]; v != "" {
-		d, ok := parseTrafficDistribution(v, true)
+		d, canonical, ok := parseTrafficDistribution(v, true)
 		if !ok {
 			w.add(objectRef("service", s.Namespace, s.Name), annotationField,
 				fmt.Sprintf("unknown traffic distribution %q: default applies", v))
 		}
-		return d
+		return d, canonical, ok
 	}
 	if v := in.namespaceAnnotations[AnnotationTrafficDistribution]; v != "" {
-		d, ok := parseTrafficDistribution(v, true)
+		d, canonical, ok := parseTrafficDistribution(v, true)
 		if !ok {
 			w.add(objectRef("namespace", "", s.Namespace), annotationField,
 				fmt.Sprintf("unknown traffic distribution %q: default applies", v))
 		}
-		return d
+		return d, canonical, ok
 	}
-	return distributionAny
+	return distributionAny, "", false
 }
 
 // distributionLoadBalancing is the design's table. Each call returns a fresh

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 
 	"google.golang.org/protobuf/proto"
@@ -12,7 +13,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"github.com/peerd-mesh/peerd/internal/federation"
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
+	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
 )
 
 // The kinds of input objects, as ObjectRef.Kind spells them.
@@ -45,28 +48,53 @@ type Delta struct {
 	Deletes []string
 	// WarningsChanged: Warnings returns something else than before.
 	WarningsChanged bool
+	// Exports are the exported services that are new or whose content
+	// changed, sorted by resource name ("namespace/name").
+	Exports []*federationpb.FederatedService
+	// Unexports are the resource names of services no longer exported, sorted.
+	Unexports []string
+	// VIPsChanged: VIPs returns something else than before (persist it).
+	VIPsChanged bool
 }
 
 // Model is the incremental form of Build: it holds one cluster's input
-// objects and the Address resources mapped from them, and Apply recomputes
-// only the resources that depend on the objects that changed:
+// objects, the linked clusters' exports, and the resources mapped from them,
+// and Apply recomputes only the resources that depend on the objects that
+// changed:
 //
-//	Pod           -> its workload
-//	Service       -> that Service; when what workloads join with changes
-//	                 (existence, hostname, selector, ports), the workloads
-//	                 of the pods its old or new selector picks, of the pods
-//	                 its EndpointSlices name, and of its slices' endpoints
-//	EndpointSlice -> its endpoint workloads, and the workloads of the pods
-//	                 its old or new version names
-//	Namespace     -> its Services when its annotations change; everything
-//	                 when it is the system namespace and its network label
-//	                 changes
-//	Node          -> the workloads of the pods on it when its locality
-//	                 labels or its existence change
-//	Gateway       -> nothing (kept for peering)
+//	Pod             -> its workload; the exports of the Services it is an
+//	                   endpoint of, when its membership, status or identity
+//	                   changes
+//	Service         -> that Service and its export; when what workloads join
+//	                   with changes (existence, hostname, selector, ports,
+//	                   global or not), the workloads of the pods its old or
+//	                   new selector picks, of the pods its EndpointSlices
+//	                   name, and of its slices' endpoints; its global
+//	                   service when it is global or imported; when
+//	                   global-only comes or goes, its split-horizon workloads
+//	EndpointSlice   -> its endpoint workloads, and the workloads of the pods
+//	                   its old or new version names (then, as for a Pod, the
+//	                   exports their changes touch)
+//	Namespace       -> its Services and their exports when its annotations or
+//	                   its solo.io/service-scope label change; everything
+//	                   when it is the system namespace and its network label
+//	                   changes
+//	Node            -> the workloads of the pods on it when its locality
+//	                   labels or its existence change
+//	Gateway         -> istio-remote ones (links): the gateway workloads (and
+//	                   gateway Service) of that link; when the link in force
+//	                   for its cluster changes, every split-horizon workload
+//	                   of the cluster, the global services it imports and
+//	                   their global-only plain Services. Other Gateways:
+//	                   nothing
+//	ImportedService -> its split-horizon workload, its global service, and
+//	                   the plain Service when the local one is global-only
+//	export          -> (a changed local export's SANs) its global service
 //
 // A change that leaves every field the mapping reads as it was (a node
-// heartbeat, say) recomputes nothing beyond those comparisons.
+// heartbeat, say) recomputes nothing beyond those comparisons; a remote
+// change costs O(the clusters exporting that service), a link change
+// O(the services imported from its cluster).
 //
 // Model is not safe for concurrent use; it does no I/O and keeps no clock.
 // The input objects are read, never modified, and must not be modified by
@@ -85,7 +113,42 @@ type Model struct {
 	warnings map[ObjectRef][]Warning
 	// duplicates: the warnings about each resource name with several owners.
 	duplicates map[string][]Warning
+
+	peering
 }
+
+// peering is the model's state about linked clusters and global services.
+type peering struct {
+	// imports by Service key, then exporting cluster; importsByCluster
+	// lists each cluster's keys.
+	imports          map[objectKey]map[string]*federation.ImportedService
+	importsByCluster map[string]map[objectKey]struct{}
+	// links: every istio-remote Gateway, parsed. linksByCluster: the valid
+	// ones that link another cluster; activeLinks: the one in force per
+	// cluster (the first by namespace and name).
+	links          map[objectKey]linkGateway
+	linksByCluster map[string]map[objectKey]struct{}
+	activeLinks    map[string]federation.Link
+	// exports of local global Services.
+	exports map[objectKey]*federationpb.FederatedService
+	// endpoints: the published local workloads (Pods, EndpointSlice
+	// endpoints) by the plain Service key ("ns/hostname") they list, then
+	// uid: what an export counts, without scanning the cluster.
+	endpoints map[string]map[string]*workloadpb.Workload
+	vips      *vipAllocator
+}
+
+// linkGateway is an istio-remote Gateway read as a link, or why it is not one.
+type linkGateway struct {
+	link federation.Link
+	err  error
+}
+
+// Owner kinds of outputs that are not one input object's.
+const (
+	ownerExport  = "export"
+	ownerCluster = "cluster"
+)
 
 // produced is one object's version of one resource.
 type produced struct {
@@ -103,6 +166,20 @@ func NewModel(cfg Config) *Model {
 		producedBy: map[ObjectRef][]string{},
 		warnings:   map[ObjectRef][]Warning{},
 		duplicates: map[string][]Warning{},
+		peering: peering{
+			imports:          map[objectKey]map[string]*federation.ImportedService{},
+			importsByCluster: map[string]map[objectKey]struct{}{},
+			links:            map[objectKey]linkGateway{},
+			linksByCluster:   map[string]map[objectKey]struct{}{},
+			activeLinks:      map[string]federation.Link{},
+			exports:          map[objectKey]*federationpb.FederatedService{},
+			endpoints:        map[string]map[string]*workloadpb.Workload{},
+		},
+	}
+	var w warnings
+	m.vips = newVIPAllocator(cfg.VIPv4Range, cfg.VIPv6Range, cfg.VIPs, &w)
+	if len(w.list) > 0 {
+		m.warnings[ObjectRef{Kind: "config", Name: "vips"}] = w.sorted()
 	}
 	m.idx.network = localNetwork(cfg, nil)
 	return m
@@ -116,21 +193,42 @@ type dirty struct {
 	services map[objectKey]struct{}
 	pods     map[objectKey]struct{}
 	slices   map[objectKey]struct{}
+	// Peering: link clusters whose link in force may have changed, link
+	// Gateways to re-produce, exports, split-horizon workloads (by the
+	// imported service's ref) and global services to recompute.
+	linkClusters map[string]struct{}
+	gateways     map[objectKey]struct{}
+	exports      map[objectKey]struct{}
+	splits       map[ObjectRef]struct{}
+	globals      map[objectKey]struct{}
 	// names touched, each with whether it was served before this Apply.
 	names           map[string]bool
 	warningsChanged bool
+	// Export changes, by resource name.
+	exported    []*federationpb.FederatedService
+	unexported  []string
+	vipsChanged bool
+}
+
+func newDirty() *dirty {
+	return &dirty{
+		services:     map[objectKey]struct{}{},
+		pods:         map[objectKey]struct{}{},
+		slices:       map[objectKey]struct{}{},
+		linkClusters: map[string]struct{}{},
+		gateways:     map[objectKey]struct{}{},
+		exports:      map[objectKey]struct{}{},
+		splits:       map[ObjectRef]struct{}{},
+		globals:      map[objectKey]struct{}{},
+		names:        map[string]bool{},
+	}
 }
 
 // Apply folds changes into the model and returns what changed in its
 // output. Changes are applied in order; a later change of the same object
 // wins.
 func (m *Model) Apply(changes []Change) Delta {
-	d := &dirty{
-		services: map[objectKey]struct{}{},
-		pods:     map[objectKey]struct{}{},
-		slices:   map[objectKey]struct{}{},
-		names:    map[string]bool{},
-	}
+	d := newDirty()
 	for _, ch := range changes {
 		m.applyInput(ch, d)
 	}
@@ -144,9 +242,22 @@ func (m *Model) Apply(changes []Change) Delta {
 		for k := range m.idx.slices {
 			d.slices[k] = struct{}{}
 		}
+		// Global services carry their VIPs on the local network; those of
+		// local Services are marked by their Service.
+		for k := range m.imports {
+			d.globals[k] = struct{}{}
+		}
 	}
 	d.allPods = d.all || m.coversAllPods(d.pods)
-	// Services first: workloads join with the mapped Services, and a
+	// Links first: the link in force for a cluster decides which imports
+	// count, for the Services (global-only) and everything after them.
+	for c := range d.linkClusters {
+		m.recomputeLinkCluster(c, d)
+	}
+	for k := range d.gateways {
+		m.recomputeGateway(k, d)
+	}
+	// Services next: workloads join with the mapped Services, and a
 	// Service whose join changed adds its dependents to the sets below.
 	for k := range d.services {
 		m.recomputeService(k, d)
@@ -156,6 +267,22 @@ func (m *Model) Apply(changes []Change) Delta {
 	}
 	for k := range d.slices {
 		m.recomputeSlice(k, d)
+	}
+	// Exports read the endpoints the workloads above left in the index;
+	// global services read the exports.
+	for k := range d.exports {
+		m.recomputeExport(k, d)
+	}
+	for ref := range d.splits {
+		m.recomputeSplitHorizon(ref, d)
+	}
+	// VIPs are handed out in hostname order, so one batch allocates the
+	// same way whatever order its changes came in.
+	globals := slices.SortedFunc(maps.Keys(d.globals), func(a, b objectKey) int {
+		return cmp.Compare(globalHostname(a.name, a.namespace, ""), globalHostname(b.name, b.namespace, ""))
+	})
+	for _, k := range globals {
+		m.recomputeGlobal(k, d)
 	}
 	return m.flush(d)
 }
@@ -179,9 +306,10 @@ func (m *Model) applyInput(ch Change, d *dirty) {
 				d.all = true
 			}
 		}
-		if !maps.Equal(namespaceAnnotations(old), namespaceAnnotations(ns)) {
+		if !maps.Equal(namespaceAnnotations(old), namespaceAnnotations(ns)) || namespaceScopeLabel(old) != namespaceScopeLabel(ns) {
 			for k := range x.servicesByNamespace[ch.Ref.Name] {
 				d.services[k] = struct{}{}
+				d.exports[k] = struct{}{}
 			}
 		}
 	case KindNode:
@@ -208,6 +336,7 @@ func (m *Model) applyInput(ch Change, d *dirty) {
 			delete(x.k8sServices, key)
 		}
 		d.services[key] = struct{}{}
+		d.exports[key] = struct{}{}
 	case KindEndpointSlice:
 		es, _ := ch.Object.(*discoveryv1.EndpointSlice)
 		if old := x.slices[key]; old != nil {
@@ -219,11 +348,16 @@ func (m *Model) applyInput(ch Change, d *dirty) {
 		x.setSlice(key, es)
 		d.slices[key] = struct{}{}
 	case KindGateway:
-		if gw, _ := ch.Object.(*gatewayv1.Gateway); gw != nil {
+		gw, _ := ch.Object.(*gatewayv1.Gateway)
+		if gw != nil {
 			x.gateways[key] = gw
 		} else {
 			delete(x.gateways, key)
 		}
+		m.applyGateway(key, gw, d)
+	case KindImportedService:
+		is, _ := ch.Object.(*federation.ImportedService)
+		m.applyImport(ch.Ref, is, d)
 	}
 }
 
@@ -274,9 +408,15 @@ func (m *Model) recomputeService(key objectKey, d *dirty) {
 	if !sameJoin(old, info) {
 		m.markServiceDependents(key, old, info, d)
 	}
+	m.markPeeringDependents(key, old, info, d)
 	m.idx.setService(key, info)
 	var out []*workloadpb.Address
 	if info != nil {
+		if info.scope == scopeGlobalOnly {
+			// ztunnel's inner HBONE hop to a remote endpoint of the plain
+			// name accepts only the Service's SANs.
+			info.svc.SubjectAltNames = remoteSANs(m.activeImports(key))
+		}
 		out = []*workloadpb.Address{{Type: &workloadpb.Address_Service{Service: info.svc}}}
 	}
 	m.produce(objectRef(KindService, key.namespace, key.name), out, w.list, d)
@@ -289,7 +429,8 @@ func newServiceInfo(in serviceInput, w *warnings) *serviceInfo {
 	if svc == nil {
 		return nil
 	}
-	info := &serviceInfo{svc: svc, selector: in.svc.Spec.Selector, portNames: make(map[uint32]servicePortName, len(in.svc.Spec.Ports))}
+	info := &serviceInfo{svc: svc, selector: in.svc.Spec.Selector, portNames: make(map[uint32]servicePortName, len(in.svc.Spec.Ports)),
+		scope: serviceScope(in.svc, in.namespace, w)}
 	for _, p := range in.svc.Spec.Ports {
 		info.portNames[uint32(p.Port)] = servicePortName{portName: p.Name, targetPortName: p.TargetPort.StrVal}
 	}
@@ -297,12 +438,14 @@ func newServiceInfo(in serviceInput, w *warnings) *serviceInfo {
 }
 
 // sameJoin reports whether two versions of a Service look the same to the
-// workloads that join with it: existence, hostname, selector and ports.
+// workloads that join with it: existence, hostname, selector, ports, and
+// whether its endpoints also join its global service.
 func sameJoin(a, b *serviceInfo) bool {
 	if a == nil || b == nil {
 		return a == b
 	}
-	if a.svc.Hostname != b.svc.Hostname || !maps.Equal(a.selector, b.selector) || !maps.Equal(a.portNames, b.portNames) {
+	if a.svc.Hostname != b.svc.Hostname || !maps.Equal(a.selector, b.selector) || !maps.Equal(a.portNames, b.portNames) ||
+		a.scope.global() != b.scope.global() {
 		return false
 	}
 	return slices.EqualFunc(a.svc.Ports, b.svc.Ports, func(x, y *workloadpb.Port) bool {
@@ -364,14 +507,9 @@ func (m *Model) recomputeSlice(key objectKey, d *dirty) {
 
 // produce makes addrs the complete output of owner, and ws its warnings.
 func (m *Model) produce(owner ObjectRef, addrs []*workloadpb.Address, ws []Warning, d *dirty) {
-	if !slices.Equal(m.warnings[owner], ws) {
-		d.warningsChanged = true
-	}
-	if len(ws) == 0 {
-		delete(m.warnings, owner)
-	} else {
-		m.warnings[owner] = ws
-	}
+	m.setWarnings(owner, ws, d)
+	// Local endpoint workloads are what exports count.
+	endpoints := owner.Kind == KindPod || owner.Kind == KindEndpointSlice
 	old := m.producedBy[owner]
 	// The per-object functions never repeat a name within one object (an
 	// EndpointSlice drops a repeated address with a warning).
@@ -379,8 +517,12 @@ func (m *Model) produce(owner ObjectRef, addrs []*workloadpb.Address, ws []Warni
 	for _, a := range addrs {
 		name := ResourceName(a)
 		names = append(names, name)
-		if prev, ok := findProduced(m.published[name], owner); ok && proto.Equal(prev.addr, a) {
+		prev, ok := findProduced(m.published[name], owner)
+		if ok && proto.Equal(prev.addr, a) {
 			continue // recomputed to the same content: nothing to push
+		}
+		if endpoints {
+			m.indexEndpoint(prev.addr.GetWorkload(), a.GetWorkload(), d)
 		}
 		m.touch(name, d)
 		m.published[name] = setProduced(m.published[name], produced{owner: owner, addr: a})
@@ -399,6 +541,11 @@ func (m *Model) produce(owner ObjectRef, addrs []*workloadpb.Address, ws []Warni
 		if stillProduced(name) {
 			continue
 		}
+		if endpoints {
+			if prev, ok := findProduced(m.published[name], owner); ok {
+				m.indexEndpoint(prev.addr.GetWorkload(), nil, d)
+			}
+		}
 		m.touch(name, d)
 		if rest := dropProduced(m.published[name], owner); len(rest) == 0 {
 			delete(m.published, name)
@@ -413,6 +560,18 @@ func (m *Model) produce(owner ObjectRef, addrs []*workloadpb.Address, ws []Warni
 	}
 }
 
+// setWarnings makes ws the warnings of owner.
+func (m *Model) setWarnings(owner ObjectRef, ws []Warning, d *dirty) {
+	if !slices.Equal(m.warnings[owner], ws) {
+		d.warningsChanged = true
+	}
+	if len(ws) == 0 {
+		delete(m.warnings, owner)
+	} else {
+		m.warnings[owner] = ws
+	}
+}
+
 // touch notes that name may change in this Apply, remembering whether it
 // was served before.
 func (m *Model) touch(name string, d *dirty) {
@@ -422,7 +581,7 @@ func (m *Model) touch(name string, d *dirty) {
 }
 
 func compareOwners(a, b ObjectRef) int {
-	return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+	return cmp.Or(cmp.Compare(a.Kind, b.Kind), cmp.Compare(a.Cluster, b.Cluster), cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 }
 
 func searchProduced(list []produced, owner ObjectRef) (int, bool) {
@@ -486,6 +645,12 @@ func (m *Model) flush(d *dirty) Delta {
 		m.duplicates[name] = ws
 	}
 	delta.WarningsChanged = d.warningsChanged
+	slices.SortFunc(d.exported, func(a, b *federationpb.FederatedService) int {
+		return cmp.Compare(federation.ResourceName(a.Namespace, a.Name), federation.ResourceName(b.Namespace, b.Name))
+	})
+	slices.Sort(d.unexported)
+	delta.Exports, delta.Unexports = d.exported, d.unexported
+	delta.VIPsChanged = d.vipsChanged
 	return delta
 }
 
@@ -515,6 +680,25 @@ func (m *Model) Warnings() []Warning {
 	}
 	return w.sorted()
 }
+
+// Exports returns every current export, sorted by resource name.
+func (m *Model) Exports() []*federationpb.FederatedService {
+	if len(m.exports) == 0 {
+		return nil
+	}
+	keys := slices.SortedFunc(maps.Keys(m.exports), func(a, b objectKey) int {
+		return cmp.Compare(federation.ResourceName(a.namespace, a.name), federation.ResourceName(b.namespace, b.name))
+	})
+	out := make([]*federationpb.FederatedService, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, m.exports[k])
+	}
+	return out
+}
+
+// VIPs returns the current VIP allocations of global services by hostname,
+// for the caller to persist and hand back as Config.VIPs after a restart.
+func (m *Model) VIPs() map[string][]netip.Addr { return m.vips.live() }
 
 // Network is the local network the model currently maps addresses onto.
 func (m *Model) Network() string { return m.idx.network }

@@ -2,11 +2,14 @@ package ambient
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"net/netip"
 	"slices"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -14,7 +17,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"github.com/peerd-mesh/peerd/internal/federation"
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
+	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
 )
 
 // Resource names of the scenario's outputs.
@@ -29,6 +34,9 @@ const (
 )
 
 func upsert(obj runtime.Object) Change {
+	if is, ok := obj.(*federation.ImportedService); ok {
+		return Change{Ref: ObjectRef{Kind: KindImportedService, Cluster: is.Cluster, Namespace: is.Namespace, Name: is.Name}, Object: is}
+	}
 	m := obj.(metav1.Object)
 	var kind string
 	switch obj.(type) {
@@ -255,6 +263,10 @@ func (in Inputs) with(ch Change) Inputs {
 		in.EndpointSlices = replaceIn(in.EndpointSlices, ch.Object, func(o *discoveryv1.EndpointSlice) bool { return same(o.Namespace, o.Name) })
 	case KindGateway:
 		in.Gateways = replaceIn(in.Gateways, ch.Object, func(o *gatewayv1.Gateway) bool { return same(o.Namespace, o.Name) })
+	case KindImportedService:
+		in.ImportedServices = replaceIn(in.ImportedServices, ch.Object, func(o *federation.ImportedService) bool {
+			return o.Cluster == ch.Ref.Cluster && same(o.Namespace, o.Name)
+		})
 	}
 	return in
 }
@@ -268,15 +280,24 @@ func replaceIn[T any](list []*T, obj runtime.Object, match func(*T) bool) []*T {
 }
 
 // assertMatchesBuild checks that the model holds exactly what Build makes of
-// the same inputs from scratch, byte for byte, warnings included.
+// the same inputs from scratch, byte for byte, warnings and exports
+// included. The build starts from the model's VIP allocations, as a
+// restarted peerd would: which of two colliding hostnames came first is
+// history that the inputs alone do not hold.
 func assertMatchesBuild(t *testing.T, m *Model, in Inputs) {
 	t.Helper()
-	want := Build(m.cfg, in)
+	cfg := m.cfg
+	cfg.VIPs = m.VIPs()
+	want := Build(cfg, in)
 	got := m.Addresses()
 	if d := cmp.Diff(encodeAll(t, want.Addresses), encodeAll(t, got)); d != "" {
 		t.Errorf("incremental model differs from a full build (-build +model):\n%s", d)
 	}
 	diffWarnings(t, want.Warnings, m.Warnings())
+	diffProto(t, want.Exports, m.Exports())
+	if d := cmp.Diff(want.VIPs, m.VIPs(), cmpopts.EquateComparable(netip.Addr{})); d != "" {
+		t.Errorf("VIPs (-build +model):\n%s", d)
+	}
 }
 
 func encodeAll(t *testing.T, addrs []*workloadpb.Address) map[string]string {
@@ -303,6 +324,7 @@ func TestModelRandomChangesMatchBuild(t *testing.T) {
 			var in Inputs
 			m := NewModel(Config{ClusterID: testCluster})
 			served := map[string]*workloadpb.Address{}
+			exported := map[string]*federationpb.FederatedService{}
 			for step := 0; step < 150; step++ {
 				var batch []Change
 				for n := 1 + r.IntN(3); n > 0; n-- {
@@ -320,6 +342,20 @@ func TestModelRandomChangesMatchBuild(t *testing.T) {
 					}
 					delete(served, name)
 				}
+				for _, e := range d.Exports {
+					exported[federation.ResourceName(e.Namespace, e.Name)] = e
+				}
+				for _, name := range d.Unexports {
+					if _, ok := exported[name]; !ok {
+						t.Fatalf("step %d: unexport of %q, which was never exported", step, name)
+					}
+					delete(exported, name)
+				}
+				var replayedExports []*federationpb.FederatedService
+				for _, name := range slices.Sorted(maps.Keys(exported)) {
+					replayedExports = append(replayedExports, exported[name])
+				}
+				diffProto(t, m.Exports(), replayedExports)
 				var replayed []*workloadpb.Address
 				for _, a := range served {
 					replayed = append(replayed, a)
@@ -353,7 +389,7 @@ func randomChange(r *rand.Rand) Change {
 	pick := func(list []string) string { return list[r.IntN(len(list))] }
 	ns := pick(namespaces)
 	del := r.IntN(5) == 0
-	switch r.IntN(6) {
+	switch r.IntN(8) {
 	case 0:
 		name := pick([]string{"a", "b", "istio-system"})
 		if del {
@@ -366,6 +402,9 @@ func randomChange(r *rand.Rand) Change {
 		var ann map[string]string
 		if r.IntN(2) == 0 {
 			ann = map[string]string{AnnotationTrafficDistribution: pick([]string{"PreferClose", "Any", "Bogus"})}
+		}
+		if r.IntN(2) == 0 {
+			labels[LabelServiceScope] = pick([]string{ScopeGlobal, ScopeGlobalOnly, "bogus"})
 		}
 		return upsert(namespace(name, labels, ann))
 	case 1:
@@ -412,8 +451,11 @@ func randomChange(r *rand.Rand) Change {
 		} else {
 			opts = append(opts, svcPorts(sport("http", int32(80+r.IntN(2)), 8080)))
 		}
+		if r.IntN(2) == 0 {
+			opts = append(opts, svcLabels(LabelServiceScope, pick([]string{ScopeGlobal, ScopeGlobal, ScopeGlobalOnly, "bogus"})))
+		}
 		return upsert(service(ns, name, opts...))
-	default:
+	case 5:
 		name := pick([]string{"e1", "e2"})
 		if del {
 			return deleted(KindEndpointSlice, ns, name)
@@ -429,6 +471,26 @@ func randomChange(r *rand.Rand) Change {
 			}
 		}
 		return upsert(slice(ns, name, pick([]string{"s1", "s2", "s3"}), opts...))
+	case 6:
+		cluster, name := pick([]string{"c2", "c3", "c4"}), pick([]string{"s1", "s2", "s3", "r1"})
+		if del {
+			return Change{Ref: ObjectRef{Kind: KindImportedService, Cluster: cluster, Namespace: ns, Name: name}}
+		}
+		return upsert(imported(cluster, ns, name, capacity(uint32(r.IntN(3))),
+			exportedPorts(fport(80, uint32(8080+r.IntN(2)), pick([]string{"TCP", "UDP"})), fport(uint32(443+r.IntN(2)), 8443, "TCP")),
+			exportedTD(pick([]string{"", "", "PreferRegion", "Any", "Bogus"})), exportedAt(int64(r.IntN(3))),
+			exportedSANs(spiffeID(cluster+".local", ns, pick([]string{"x", "y"}))), exportedLocality("r-"+cluster, "")))
+	default:
+		name := pick([]string{"l1", "l2", "l3"})
+		if del {
+			return deleted(KindGateway, "istio-gateways", name)
+		}
+		addrs := [][]string{{"172.16.0.1"}, {"172.16.0.2"}, {"172.16.0.1", "172.16.0.3"}, {"gw.example.com"}, nil}[r.IntN(5)]
+		gw := link(name, pick([]string{"c2", "c3", testCluster}), addrs)
+		if r.IntN(4) == 0 {
+			gwLabels(federation.LabelRegion, "r9")(gw)
+		}
+		return upsert(gw)
 	}
 }
 

@@ -244,9 +244,22 @@ func podServices(in podInput) map[string]*workloadpb.PortList {
 	}
 	out := make(map[string]*workloadpb.PortList, len(matched))
 	for _, info := range matched {
-		out[namespacedHostname(info.svc.Namespace, info.svc.Hostname)] = podServicePorts(p, info)
+		ports := podServicePorts(p, info)
+		out[namespacedHostname(info.svc.Namespace, info.svc.Hostname)] = ports
+		if key, ok := globalKey(in.cfg, info); ok {
+			out[key] = clonePortList(ports)
+		}
 	}
 	return out
+}
+
+// globalKey is the services-map key of the global service a global
+// Service's endpoints also join: "<ns>/<name>.<ns>.<global suffix>".
+func globalKey(cfg Config, info *serviceInfo) (string, bool) {
+	if !info.scope.global() {
+		return "", false
+	}
+	return namespacedHostname(info.svc.Namespace, globalHostname(info.svc.Name, info.svc.Namespace, cfg.GlobalSuffix)), true
 }
 
 // selects: a Service selector selects a pod when it is non-empty and every
@@ -358,6 +371,10 @@ func endpointSliceWorkloads(in endpointSliceInput, w *warnings) []*workloadpb.Wo
 		if ep.Conditions.Ready != nil && !*ep.Conditions.Ready {
 			status = workloadpb.WorkloadStatus_UNHEALTHY
 		}
+		services := map[string]*workloadpb.PortList{key: clonePorts(ports)}
+		if gk, ok := globalKey(in.cfg, info); ok {
+			services[gk] = clonePorts(ports)
+		}
 		out = append(out, &workloadpb.Workload{
 			Uid:         endpointSliceUID(in.cfg.ClusterID, es.Namespace, es.Name, first),
 			Name:        es.Name,
@@ -365,7 +382,7 @@ func endpointSliceWorkloads(in endpointSliceInput, w *warnings) []*workloadpb.Wo
 			Addresses:   addresses,
 			Network:     in.idx.network,
 			TrustDomain: in.cfg.workloadTrustDomain(),
-			Services:    map[string]*workloadpb.PortList{key: clonePorts(ports)},
+			Services:    services,
 			Status:      status,
 			ClusterId:   in.cfg.ClusterID,
 			NetworkMode: workloadpb.NetworkMode_HOST_NETWORK,

@@ -2,13 +2,19 @@ package serve
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/peerd-mesh/peerd/internal/ambient"
 	"github.com/peerd-mesh/peerd/internal/discovery"
+	"github.com/peerd-mesh/peerd/internal/discovery/peers"
+	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/xds"
 )
 
@@ -22,11 +28,26 @@ type modelLoop struct {
 	// events is nil unless the source is a Kubernetes API server.
 	events *warningEvents
 
+	// The peering side (see peering.go): exports go to federations, the
+	// istio-remote Gateways to links, VIP allocations to vips, and the time
+	// from a peer's update arriving to its push into convergence.
+	federations *xds.Cache
+	links       *peers.Manager
+	vips        vipStore
+	arrivals    *arrivals
+	convergence prometheus.Histogram
+	// gateways is the model loop's copy of every Gateway, so that links get
+	// the whole set on each change without a snapshot of the index.
+	gateways map[discovery.Key]*gatewayv1.Gateway
+
 	// reported remembers the warnings already logged, so a warning is logged
 	// once when it appears rather than on every recompute; rejected does the
 	// same for resources the cache could not encode.
 	reported map[string]bool
-	rejected map[string]bool
+	// linksSynced: the links got the Gateways at least once (the first
+	// Sync, even with none, is what lets their readiness settle).
+	linksSynced bool
+	rejected    map[string]bool
 
 	warnings         prometheus.Gauge
 	newWarnings      prometheus.Counter
@@ -100,6 +121,7 @@ func (m *modelLoop) update() {
 		in[i] = ambient.Change{Ref: objectRef(ch.Key), Object: ch.Object}
 	}
 	delta := m.model.Apply(in)
+	m.syncLinks(changes)
 	upserts := make([]xds.Resource, 0, len(delta.Upserts))
 	for _, a := range delta.Upserts {
 		upserts = append(upserts, xds.Resource{
@@ -110,12 +132,59 @@ func (m *modelLoop) update() {
 		})
 	}
 	m.addresses.Update(upserts, delta.Deletes)
+	m.publishExports(delta)
+	if m.arrivals != nil {
+		for _, at := range m.arrivals.take(changes) {
+			m.convergence.Observe(time.Since(at).Seconds())
+		}
+	}
 	m.updates.Inc()
 	m.changedObjects.Add(float64(len(changes)))
 	if delta.WarningsChanged {
 		m.report(m.model.Warnings())
 	}
 	m.reportRejected(m.addresses.RejectedErrors())
+}
+
+// syncLinks hands the link manager the Gateways whenever one changed.
+func (m *modelLoop) syncLinks(changes []discovery.Change) {
+	if m.links == nil {
+		return
+	}
+	changed := false
+	for _, ch := range changes {
+		if ch.Key.Kind != discovery.KindGateway {
+			continue
+		}
+		changed = true
+		if gw, ok := ch.Object.(*gatewayv1.Gateway); ok {
+			m.gateways[ch.Key] = gw
+		} else {
+			delete(m.gateways, ch.Key)
+		}
+	}
+	if changed || !m.linksSynced {
+		m.linksSynced = true
+		m.links.Sync(slices.Collect(maps.Values(m.gateways)))
+	}
+}
+
+// publishExports serves what the model exports to peers and keeps the VIP
+// allocations under --state-dir.
+func (m *modelLoop) publishExports(delta ambient.Delta) {
+	if m.federations != nil && (len(delta.Exports) > 0 || len(delta.Unexports) > 0) {
+		upserts := make([]xds.Resource, 0, len(delta.Exports))
+		for _, e := range delta.Exports {
+			upserts = append(upserts, xds.Resource{Name: federation.ResourceName(e.GetNamespace(), e.GetName()), Message: e})
+		}
+		m.federations.Update(upserts, delta.Unexports)
+	}
+	if delta.VIPsChanged {
+		if err := m.vips.save(m.model.VIPs()); err != nil {
+			// The VIPs in force stay; only a restart could move them.
+			m.log.Error("could not save the VIPs of global services; a restart may give them new ones", zap.Error(err))
+		}
+	}
 }
 
 // objectRef names an index object the way the model does.

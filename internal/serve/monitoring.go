@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/peerd-mesh/peerd/internal/discovery"
+	"github.com/peerd-mesh/peerd/internal/discovery/peers"
 	"github.com/peerd-mesh/peerd/internal/xds"
 )
 
@@ -35,6 +36,8 @@ type status struct {
 	clientAuthMissing atomic.Bool
 	// rejected lists resources that cannot be encoded (nil: none known).
 	rejected func() []error
+	// links are the peer links (nil: none).
+	links *peers.Manager
 }
 
 func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
@@ -80,6 +83,9 @@ func (s *status) readiness() (bool, []string) {
 		ready = false
 		lines = append(lines, "xds: not serving yet")
 	}
+	peersReady, peerLines := peerReadiness(s.links)
+	ready = ready && peersReady
+	lines = append(lines, peerLines...)
 	for _, err := range s.index.Errors() {
 		lines = append(lines, "source error (last good objects kept): "+err.Error())
 	}
@@ -103,6 +109,9 @@ func monitoringHandler(reg *prometheus.Registry, st *status, addresses *xds.Cach
 	debug := http.NewServeMux()
 	debug.HandleFunc("/debug/addresses", func(w http.ResponseWriter, _ *http.Request) {
 		writeAddresses(w, addresses)
+	})
+	debug.HandleFunc("/debug/peers", func(w http.ResponseWriter, _ *http.Request) {
+		writePeers(w, st.links)
 	})
 	debug.HandleFunc("/debug/pprof/", pprof.Index)
 	debug.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

@@ -19,11 +19,13 @@ import (
 	"google.golang.org/grpc/reflection"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/peerd-mesh/peerd/internal/ambient"
 	"github.com/peerd-mesh/peerd/internal/authz"
 	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery"
+	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/xds"
 
 	// Registered so that reflection clients (grpcurl) can decode the
@@ -80,7 +82,43 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	index := discovery.NewIndex()
 	addresses := xds.NewCache(xds.AddressTypeURL)
 	authorizations := xds.NewCache(xds.AuthorizationTypeURL)
+	federations := xds.NewCache(federation.TypeURL)
+	vips, err := prepareStateDir(opts.StateDir)
+	if err != nil {
+		return err
+	}
+	savedVIPs, err := vips.load()
+	if err != nil {
+		return err
+	}
+	arrivals := newArrivals()
+	links, err := newPeers(opts, index, identity, arrivals, log, reg)
+	if err != nil {
+		return err
+	}
+	// The links outlive the signal like the sources, and their final save
+	// (each link's state, marked lost now) must be written before exit.
+	linksDone := make(chan struct{})
+	go func() {
+		defer close(linksDone)
+		_ = links.Run(ctx)
+	}()
+	defer func() {
+		cancel()
+		select {
+		case <-linksDone:
+		case <-time.After(5 * time.Second):
+			log.Warn("peer links did not stop within 5s; their last state may not be saved")
+		}
+	}()
+	convergence := prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "peerd_peer_convergence_seconds",
+		Help:    "From a peer's update arriving to the resources it changes being in the ztunnel cache (pushed to streams from there).",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
+	})
+	reg.MustRegister(convergence)
 	status := newStatus(index, reg)
+	status.links = links
 	status.rejected = addresses.RejectedErrors
 	log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd until the istiod relay exists")
 	if opts.Listen != "" {
@@ -117,7 +155,14 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 		TrustDomain:     opts.TrustDomain,
 		DomainSuffix:    opts.DomainSuffix,
 		SystemNamespace: opts.SystemNamespace,
+		GlobalSuffix:    opts.GlobalSuffix,
+		VIPv4Range:      opts.VIPv4Range,
+		VIPv6Range:      opts.VIPv6Range,
+		VIPs:            savedVIPs,
 	}, index, addresses, events, log, reg)
+	model.federations, model.links, model.vips = federations, links, vips
+	model.arrivals, model.convergence = arrivals, convergence
+	model.gateways = map[discovery.Key]*gatewayv1.Gateway{}
 	model.update()
 	// The first load decodes every object, and its garbage is several
 	// times the heap that stays live (at 100,000 pods, about 950 MB in use
@@ -128,7 +173,8 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	log.Info("sources synced; first model built", zap.Int("addresses", addresses.Len()))
 
 	policy := authz.Policy{SystemNamespace: opts.SystemNamespace, ServiceAccount: opts.ServiceAccount}
-	xdsServer := xds.NewServer(xds.ServerOptions{Logger: log, Registerer: reg, Authorize: policy.Authorize}, addresses, authorizations)
+	xdsServer := xds.NewServer(xds.ServerOptions{Logger: log, Registerer: reg, Authorize: gateReady(policy.Authorize, links)},
+		addresses, authorizations, federations)
 	drain := newDrainer()
 	var grpcServers []*grpc.Server
 	for _, l := range []struct {

@@ -1,0 +1,252 @@
+package peers
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/peerd-mesh/peerd/internal/federation"
+	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
+)
+
+// Store keeps the last known state of each link, by cluster, as opaque
+// bytes (the encoding is this package's: see savedLink). DirStore is the
+// file-mode store; a Kubernetes-mode store keeps the same bytes in the API.
+// The Manager calls a Store from one goroutine at a time.
+type Store interface {
+	// Load returns every saved link state by cluster.
+	Load() (map[string][]byte, error)
+	// Save replaces the state of cluster, atomically: a reader sees the old
+	// or the new bytes, never a mix.
+	Save(cluster string, state []byte) error
+	// Delete removes the state of cluster; deleting a missing one is not an
+	// error.
+	Delete(cluster string) error
+}
+
+// DirStore is a Store in a directory: one file per link,
+// "link-<cluster>.json", written to a temporary file and renamed over the
+// old one.
+type DirStore struct{ dir string }
+
+// NewDirStore returns a store in dir, creating dir (mode 0700: the state
+// names every service of the linked clusters) when missing.
+func NewDirStore(dir string) (*DirStore, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	return &DirStore{dir: dir}, nil
+}
+
+const (
+	filePrefix = "link-"
+	fileSuffix = ".json"
+)
+
+// fileName escapes cluster so that any label value makes one plain file
+// name in dir.
+func (s *DirStore) fileName(cluster string) string {
+	return filepath.Join(s.dir, filePrefix+url.PathEscape(cluster)+fileSuffix)
+}
+
+// Load implements Store. Files that are not link states are skipped.
+func (s *DirStore) Load() (map[string][]byte, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	out := map[string][]byte{}
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		if !e.Type().IsRegular() || !strings.HasPrefix(name, filePrefix) || !strings.HasSuffix(name, fileSuffix) {
+			continue
+		}
+		cluster, err := url.PathUnescape(strings.TrimSuffix(strings.TrimPrefix(name, filePrefix), fileSuffix))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("state dir: %s: %w", name, err))
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(s.dir, name))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("state dir: %w", err))
+			continue
+		}
+		out[cluster] = b
+	}
+	return out, errors.Join(errs...)
+}
+
+// Save implements Store: write a temporary file in the same directory,
+// sync it, rename it over the old one.
+func (s *DirStore) Save(cluster string, state []byte) error {
+	f, err := os.CreateTemp(s.dir, ".tmp-"+filePrefix+"*")
+	if err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(state)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, s.fileName(cluster))
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("state dir: saving link %s: %w", cluster, err)
+	}
+	return nil
+}
+
+// Delete implements Store.
+func (s *DirStore) Delete(cluster string) error {
+	if err := os.Remove(s.fileName(cluster)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("state dir: %w", err)
+	}
+	return nil
+}
+
+// savedFormat is the version of savedLink's encoding; a file of another
+// version is ignored (with a warning) rather than misread.
+const savedFormat = 1
+
+// savedLink is the persisted state of one link: JSON, with each resource's
+// proto encoding in base64 (encoding/json's []byte).
+type savedLink struct {
+	Format  int    `json:"format"`
+	Cluster string `json:"cluster"`
+	Gateway string `json:"gateway"`
+	State   State  `json:"state"`
+	// LostAt is when the link was lost (zero: it was not). The final save
+	// at shutdown sets it for a link that was still up: the shutdown is
+	// the last moment this peerd knew the peer was there.
+	LostAt  time.Time       `json:"lostAt,omitzero"`
+	SavedAt time.Time       `json:"savedAt"`
+	Items   []savedResource `json:"resources"`
+}
+
+type savedResource struct {
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	Proto   []byte `json:"proto"`
+}
+
+func (s *savedLink) encode() ([]byte, error) { return json.MarshalIndent(s, "", " ") }
+
+// decodeSaved reads a saved state. Resources that no longer pass
+// federation.Validate (a hand-edited or damaged file) are dropped and
+// reported; the rest are kept.
+func decodeSaved(cluster string, b []byte) (*savedLink, map[string]resource, error) {
+	var s savedLink
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, nil, fmt.Errorf("saved state of link %s: %w", cluster, err)
+	}
+	if s.Format != savedFormat {
+		return nil, nil, fmt.Errorf("saved state of link %s: format %d, this peerd reads %d", cluster, s.Format, savedFormat)
+	}
+	if s.Cluster != cluster {
+		return nil, nil, fmt.Errorf("saved state of link %s: cluster: says %q", cluster, s.Cluster)
+	}
+	res := make(map[string]resource, len(s.Items))
+	var errs []error
+	for i, it := range s.Items {
+		msg := &federationpb.FederatedService{}
+		err := proto.Unmarshal(it.Proto, msg)
+		if err == nil {
+			err = federation.Validate(it.Name, msg)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("saved state of link %s: resources[%d] (%s): %w", cluster, i, it.Name, err))
+			continue
+		}
+		res[it.Name] = resource{version: it.Version, body: it.Proto, service: msg}
+	}
+	return &s, res, errors.Join(errs...)
+}
+
+// persist writes what is due to the store: deletions first, then each
+// dirty link at most once per SaveInterval (all of them when final, with
+// the links that are up marked lost now). It returns the next time a save
+// is due. Only the loop (and Run, after the loop) calls it, so writes never
+// run concurrently.
+func (m *Manager) persist(now time.Time, final bool) time.Time {
+	if m.opts.Store == nil {
+		return time.Time{}
+	}
+	type write struct {
+		l       *link
+		cluster string
+		data    []byte
+	}
+	var (
+		next   time.Time
+		writes []write
+	)
+	m.mu.Lock()
+	deletes := slices.Sorted(maps.Keys(m.deletes))
+	clear(m.deletes)
+	for _, name := range slices.Sorted(maps.Keys(m.links)) {
+		l := m.links[name]
+		l.mu.Lock()
+		if !final && !l.dirty {
+			l.mu.Unlock()
+			continue
+		}
+		if due := l.savedAt.Add(SaveInterval); !final && !l.savedAt.IsZero() && now.Before(due) {
+			if next.IsZero() || due.Before(next) {
+				next = due
+			}
+			l.mu.Unlock()
+			continue
+		}
+		var lostAt time.Time
+		if final {
+			lostAt = now
+		}
+		data, err := l.saveLocked(now, lostAt)
+		if err != nil {
+			l.log.Error("link state not saved", zap.Error(err))
+			m.metrics.saveErrors.Inc()
+		} else {
+			writes = append(writes, write{l, l.cluster, data})
+		}
+		l.dirty, l.savedAt = false, now
+		l.mu.Unlock()
+	}
+	m.mu.Unlock()
+
+	for _, cluster := range deletes {
+		if err := m.opts.Store.Delete(cluster); err != nil {
+			m.log.Warn("saved link state not deleted", zap.String("cluster", cluster), zap.Error(err))
+			m.metrics.saveErrors.Inc()
+		}
+	}
+	for _, w := range writes {
+		if err := m.opts.Store.Save(w.cluster, w.data); err != nil {
+			w.l.log.Warn("link state not saved; retrying", zap.Duration("in", SaveInterval), zap.Error(err))
+			m.metrics.saveErrors.Inc()
+			w.l.mu.Lock()
+			w.l.dirty = true
+			w.l.mu.Unlock()
+			if due := now.Add(SaveInterval); next.IsZero() || due.Before(next) {
+				next = due
+			}
+		}
+	}
+	return next
+}
