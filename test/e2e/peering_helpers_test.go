@@ -109,8 +109,16 @@ func hasService(c *ztunnel.Client, key string) bool {
 
 // waitLinkState waits until cluster c's link to peer reports a state that
 // contains want (e.g. "synced", "stale", "rejected", "withdrawn") in
-// /debug/peers.
+// /debug/peers; the test stops if it does not.
 func waitLinkState(t *testing.T, c *mesh.Cluster, peer, want string) {
+	t.Helper()
+	if !expectLinkState(t, c, peer, want) {
+		t.FailNow()
+	}
+}
+
+// expectLinkState is waitLinkState that lets the test go on (t.Errorf).
+func expectLinkState(t *testing.T, c *mesh.Cluster, peer, want string) bool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), peeringWait)
 	defer cancel()
@@ -123,8 +131,10 @@ func waitLinkState(t *testing.T, c *mesh.Cluster, peer, want string) {
 	})
 	if err != nil {
 		_, body, _ := c.Get(context.Background(), "/debug/peers")
-		t.Fatalf("%s: link to %s: waiting for state %q: %v (last %q)\n/debug/peers:\n%s", c.Name, peer, want, err, last, body)
+		t.Errorf("%s: link to %s: waiting for state %q: %v (last %q)\n/debug/peers:\n%s", c.Name, peer, want, err, last, body)
+		return false
 	}
+	return true
 }
 
 // linkState finds peer's link in /debug/peers and returns its state; ok
