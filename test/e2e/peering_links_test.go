@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"crypto/tls"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -289,4 +290,96 @@ func TestPeeringVIPsSurviveRestarts(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestPeeringVIPsNeverMoveOnCollision squeezes the IPv4 VIP range to a /28
+// (14 usable addresses for cluster1's 12 global services, so hostnames
+// collide): every global service still gets its own VIP, a newcomer never
+// takes an existing one, and a restart changes none.
+func TestPeeringVIPsNeverMoveOnCollision(t *testing.T) {
+	const squeezed = "240.240.0.0/28"
+	m := startLinkedMesh(t, func(o *mesh.Options) { o.Args = []string{"--vip-ipv4-range", squeezed} })
+	c1, c2 := m.Cluster("cluster1"), m.Cluster("cluster2")
+	z := clientOn(t, c1, "node-a")
+	waitEndpointClusters(t, z, globalKey("hello", "echo"), "cluster1", "cluster2", "cluster3")
+	waitEndpointClusters(t, z, globalKey("shop", "cart"), "cluster1", "cluster2", "cluster3")
+	waitEndpointClusters(t, z, globalKey("hello", "greeter"), "cluster2")
+	before := globalVIPs(t, z.Services(), squeezed)
+
+	// A new global service in cluster2 arrives while the range is crowded.
+	// greeter's Service and Pod under another name and addresses.
+	var greeter []string
+	for _, doc := range strings.Split(mustManifest(t, c2, "20-hello.yaml"), "---\n") {
+		if strings.Contains(doc, "name: greeter") {
+			greeter = append(greeter, doc)
+		}
+	}
+	if len(greeter) != 2 {
+		t.Fatalf("cluster2's 20-hello.yaml: found %d greeter documents, want its Service and Pod", len(greeter))
+	}
+	newcomer := strings.NewReplacer("greeter", "newcomer", "10.96.2.25", "10.96.2.26", "10.2.1.25", "10.2.1.26").Replace(strings.Join(greeter, "---\n"))
+	if err := c2.WriteManifest("25-newcomer.yaml", newcomer); err != nil {
+		t.Fatal(err)
+	}
+	waitEndpointClusters(t, z, globalKey("hello", "newcomer"), "cluster2")
+	after := globalVIPs(t, z.Services(), squeezed)
+	for key, vip := range before {
+		if after[key] != vip {
+			t.Errorf("%s moved from %s to %s when a new service arrived", key, vip, after[key])
+		}
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := c1.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fresh := clientOn(t, c1, "node-b")
+	waitEndpointClusters(t, fresh, globalKey("hello", "newcomer"), "cluster2")
+	waitEndpointClusters(t, fresh, globalKey("hello", "echo"), "cluster1", "cluster2", "cluster3")
+	restarted := globalVIPs(t, fresh.Services(), squeezed)
+	for key, vip := range after {
+		if restarted[key] != vip {
+			t.Errorf("%s moved from %s to %s across a restart", key, vip, restarted[key])
+		}
+	}
+}
+
+// globalVIPs maps each global service to its IPv4 VIP and checks that each
+// has one in the range and that no two share it.
+func globalVIPs(t *testing.T, services map[string]*workloadpb.Service, ipv4Range string) map[string]string {
+	t.Helper()
+	r := netip.MustParsePrefix(ipv4Range)
+	out, owner := map[string]string{}, map[string]string{}
+	for key, s := range services {
+		if !strings.HasSuffix(key, "."+globalSuffix) {
+			continue
+		}
+		for _, v := range stripNetworks(vips(s)) {
+			ip, err := netip.ParseAddr(v)
+			if err != nil || !ip.Is4() {
+				continue
+			}
+			if !r.Contains(ip) {
+				t.Errorf("%s VIP %s outside %s", key, ip, r)
+			}
+			if other, taken := owner[v]; taken {
+				t.Errorf("%s and %s share the VIP %s", key, other, v)
+			}
+			owner[v], out[key] = key, v
+		}
+		if out[key] == "" {
+			t.Errorf("%s has no IPv4 VIP", key)
+		}
+	}
+	return out
+}
+
+func mustManifest(t *testing.T, c *mesh.Cluster, name string) string {
+	t.Helper()
+	s, err := c.ReadManifest(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
