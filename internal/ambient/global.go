@@ -224,8 +224,11 @@ func remoteDistribution(in globalServiceInput, w *warnings) trafficDistribution 
 
 // splitHorizonInput is what one split-horizon workload is made of.
 type splitHorizonInput struct {
-	cfg      Config
-	link     federation.Link
+	cfg  Config
+	link federation.Link
+	// gateway is networkGateway(cfg, link), built once per link; nil
+	// builds it here.
+	gateway  *workloadpb.GatewayAddress
 	imported *federation.ImportedService
 	// plainToo: the local Service (or its namespace) says global-only, so
 	// the workload is also an endpoint of the plain svc.<domain-suffix> name.
@@ -258,6 +261,10 @@ func splitHorizonWorkload(in splitHorizonInput) *workloadpb.Workload {
 	if s.GetCapacity() == 0 {
 		status = workloadpb.WorkloadStatus_UNHEALTHY
 	}
+	gateway := in.gateway
+	if gateway == nil {
+		gateway = networkGateway(in.cfg, in.link)
+	}
 	uid := splitHorizonUID(in.cfg.ClusterID, in.imported.Cluster, s.GetNamespace(), s.GetName())
 	return &workloadpb.Workload{
 		Uid:            uid,
@@ -266,7 +273,7 @@ func splitHorizonWorkload(in splitHorizonInput) *workloadpb.Workload {
 		Network:        in.link.Network,
 		TunnelProtocol: workloadpb.TunnelProtocol_HBONE,
 		TrustDomain:    workloadTrustDomain(in.link.TrustDomain),
-		NetworkGateway: networkGateway(in.cfg, in.link),
+		NetworkGateway: gateway,
 		WorkloadType:   workloadpb.WorkloadType_POD,
 		Services:       services,
 		Status:         status,
@@ -301,11 +308,23 @@ func clonePortList(pl *workloadpb.PortList) *workloadpb.PortList {
 // workloads, so ztunnel spreads connections over all of them (upstream
 // Istio uses the first address only).
 func gatewayByHostname(l federation.Link) bool {
-	if len(l.Addresses) != 1 {
+	addrs := uniqueAddresses(l)
+	if len(addrs) != 1 {
 		return true
 	}
-	_, err := netip.ParseAddr(l.Addresses[0])
+	_, err := netip.ParseAddr(addrs[0])
 	return err != nil
+}
+
+// uniqueAddresses are the link's addresses in order, each once.
+func uniqueAddresses(l federation.Link) []string {
+	out := make([]string, 0, len(l.Addresses))
+	for _, a := range l.Addresses {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // networkGateway is how split-horizon workloads reach the linked cluster.
@@ -346,10 +365,7 @@ func linkGatewayAddresses(cfg Config, l federation.Link) []*workloadpb.Address {
 			Ports:     []*workloadpb.Port{{ServicePort: l.HBONEPort, TargetPort: l.HBONEPort}},
 		}}})
 	}
-	for i, a := range l.Addresses {
-		if slices.Contains(l.Addresses[:i], a) {
-			continue // one workload per address
-		}
+	for _, a := range uniqueAddresses(l) {
 		uid := networkGatewayUID(cfg.ClusterID, l.Cluster, a)
 		wl := &workloadpb.Workload{
 			Uid:            uid,

@@ -110,9 +110,9 @@ func monitoringHandler(reg *prometheus.Registry, st *status, addresses *xds.Cach
 	debug.HandleFunc("/debug/addresses", func(w http.ResponseWriter, _ *http.Request) {
 		writeAddresses(w, addresses)
 	})
-	debug.HandleFunc("/debug/peers", func(w http.ResponseWriter, _ *http.Request) {
-		writePeers(w, st.links)
-	})
+	if st.links != nil {
+		debug.Handle("/debug/peers", st.links)
+	}
 	debug.HandleFunc("/debug/pprof/", pprof.Index)
 	debug.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	debug.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery"
+	"github.com/peerd-mesh/peerd/internal/discovery/peers"
 )
 
 // defaultDrainDuration spreads the reconnects of every ztunnel of a replica
@@ -82,8 +83,8 @@ func DefaultOptions() Options {
 		// stops one connection from holding thousands.
 		MaxStreamsPerConnection: 100,
 		DrainDuration:           defaultDrainDuration,
-		PeerStaleTTL:            10 * time.Minute,
-		PeerSyncTimeout:         30 * time.Second,
+		PeerStaleTTL:            peers.DefaultStaleTTL,
+		PeerSyncTimeout:         peers.DefaultSyncTimeout,
 		ServiceAccount:          "peerd",
 		VIPv4Range:              netip.MustParsePrefix("240.240.0.0/16"),
 		VIPv6Range:              netip.MustParsePrefix("2001:2::/48"),

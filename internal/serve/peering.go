@@ -2,9 +2,7 @@ package serve
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -151,21 +149,6 @@ func peerReadiness(links *peers.Manager) (bool, []string) {
 		lines = append(lines, line)
 	}
 	return ready, lines
-}
-
-// writePeers serves /debug/peers: every link's state as JSON.
-func writePeers(w http.ResponseWriter, links *peers.Manager) {
-	w.Header().Set("Content-Type", "application/json")
-	var st []peers.LinkStatus
-	if links != nil {
-		st = links.Status()
-	}
-	if st == nil {
-		st = []peers.LinkStatus{}
-	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(st)
 }
 
 // prepareStateDir creates --state-dir (owner only: it holds what peers

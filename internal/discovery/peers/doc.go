@@ -67,7 +67,8 @@
 //     between are coalesced into the next write. DirStore writes a
 //     temporary file and renames it: a crash leaves the old or the new
 //     state, never a mix.
-//   - Synced latches: true once every link known at the first Sync (and any
-//     added before) synced once, or SyncTimeout passed since the first
-//     Sync (warned once, naming the links still waiting).
+//   - Synced latches: it becomes true once every current link has synced
+//     at least once, or SyncTimeout passed since the first Sync (warned
+//     once, naming the links still waiting), and stays true: a link added
+//     or lost later never makes a serving peerd unready.
 package peers

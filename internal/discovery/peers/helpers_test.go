@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	testingclock "k8s.io/utils/clock/testing"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -53,6 +54,7 @@ type peer struct {
 	reg   *prometheus.Registry
 	srv   *xds.Server
 
+	opts []grpc.ServerOption
 	// streams counts the delta-xDS streams opened to this peer.
 	streams countingInt
 
@@ -60,9 +62,9 @@ type peer struct {
 	g  *grpc.Server
 }
 
-func newPeer(t *testing.T) *peer {
+func newPeer(t *testing.T, opts ...grpc.ServerOption) *peer {
 	t.Helper()
-	p := &peer{t: t, cache: xds.NewCache(federation.TypeURL), reg: prometheus.NewRegistry()}
+	p := &peer{t: t, cache: xds.NewCache(federation.TypeURL), reg: prometheus.NewRegistry(), opts: opts}
 	p.srv = xds.NewServer(xds.ServerOptions{Registerer: p.reg}, p.cache)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -75,11 +77,11 @@ func newPeer(t *testing.T) *peer {
 }
 
 func (p *peer) serve(lis net.Listener) {
-	g := grpc.NewServer(xds.ServerCodec(), grpc.StreamInterceptor(
+	g := grpc.NewServer(append([]grpc.ServerOption{xds.ServerCodec(), grpc.StreamInterceptor(
 		func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 			p.streams.add()
 			return h(srv, ss)
-		}))
+		})}, p.opts...)...)
 	p.srv.Register(g)
 	p.mu.Lock()
 	p.g = g
@@ -219,9 +221,10 @@ type env struct {
 var epoch = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 
 type envOpts struct {
-	store Store
-	clock *testingclock.FakeClock
-	index *discovery.Index
+	store       Store
+	credentials func(federation.Link) credentials.TransportCredentials
+	clock       *testingclock.FakeClock
+	index       *discovery.Index
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -246,6 +249,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 			Backoff: xds.Backoff{Initial: time.Millisecond, Max: 20 * time.Millisecond},
 		}),
 		Store:       o.store,
+		Credentials: o.credentials,
 		StaleTTL:    5 * time.Minute,
 		SyncTimeout: 30 * time.Second,
 		Clock:       e.clock,
@@ -351,13 +355,14 @@ func (e *env) step(d time.Duration) {
 	e.settle()
 }
 
-// settle waits until the loop has acted on the clock's current time.
+// settle waits until the loop has done a round that began after this call,
+// so it saw the clock's current time and every change made before.
 func (e *env) settle() {
 	e.t.Helper()
-	now := e.clock.Now().UnixNano()
+	want := e.m.ticksBegun.Load() + 1
 	e.m.wake()
-	eventually(e.t, "the manager's loop caught up with the clock", func() error {
-		if e.m.tickedAt.Load() < now {
+	eventually(e.t, "a round of the manager's loop", func() error {
+		if e.m.ticksDone.Load() < want {
 			return errors.New("not yet")
 		}
 		return nil

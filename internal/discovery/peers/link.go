@@ -108,16 +108,16 @@ func newLink(cfg federation.Link, log *zap.Logger) *link {
 	}
 }
 
-// setStateLocked enters state s; since moves only when the state changes.
-// Must be called under l.mu.
+// setStateLocked enters state s; since moves, and the state is saved, only
+// when the state changes. Must be called under l.mu.
 func (l *link) setStateLocked(s State, now time.Time) {
 	if l.state != s {
 		l.state, l.since = s, now
+		l.dirty = true
 	}
 	if s != StateRejected {
 		l.reason = ""
 	}
-	l.dirty = true
 }
 
 // disconnectedStateLocked is the state of a link that is not connected and

@@ -102,9 +102,9 @@ type Manager struct {
 	errSourceOnce sync.Once
 	// wg counts subscriber goroutines.
 	wg sync.WaitGroup
-	// tickedAt is the clock time (UnixNano) the loop's last round acted
-	// on; tests wait on it.
-	tickedAt atomic.Int64
+	// ticksBegun and ticksDone count the loop's rounds, so that a test can
+	// wait for a round that began after a change it made.
+	ticksBegun, ticksDone atomic.Uint64
 
 	// mu guards every field below; a link's mu is taken after it.
 	mu sync.Mutex
@@ -114,8 +114,8 @@ type Manager struct {
 	problems map[string]error
 	// ignored are the Gateways that describe the local cluster.
 	ignored map[string]bool
-	// restored are the saved states not yet claimed by a link, by cluster;
-	// nil after the first Sync (what it did not claim is deleted).
+	// restored are the saved states not yet claimed by a link, by cluster.
+	// Sync deletes those no Gateway claims (see Sync).
 	restored map[string]*restoredLink
 	// deletes are the clusters whose saved state must be deleted.
 	deletes map[string]bool
@@ -286,13 +286,19 @@ func (m *Manager) Sync(gateways []*gatewayv1.Gateway) {
 	}
 	m.reportProblemsLocked(problems, ignored)
 
+	// Saved states no link claimed are forgotten, except that of a Gateway
+	// that cannot be read right now: its cluster is unknown until it is
+	// fixed, and a bad edit must not cost the services saved for it.
+	for _, cluster := range slices.Sorted(maps.Keys(m.restored)) {
+		if gw := m.restored[cluster].saved.Gateway; gw != "" && problems[gw] != nil {
+			continue
+		}
+		m.log.Info("forgetting the saved state of a cluster no Gateway links", zap.String("cluster", cluster))
+		delete(m.restored, cluster)
+		m.deletes[cluster] = true
+	}
 	if !m.known {
 		m.known, m.knownAt = true, now
-		for cluster := range m.restored {
-			m.log.Info("forgetting the saved state of a cluster no Gateway links any more", zap.String("cluster", cluster))
-			m.deletes[cluster] = true
-		}
-		m.restored = nil
 	}
 	m.evaluateReadyLocked(now)
 	m.wake()
@@ -343,7 +349,6 @@ func (m *Manager) newLinkLocked(cfg federation.Link, now time.Time) *link {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.state, l.since = StateConnecting, now
-	delete(m.deletes, cfg.Cluster)
 	if r := m.restored[cfg.Cluster]; r != nil {
 		delete(m.restored, cfg.Cluster)
 		m.restoreLocked(l, r, now)
@@ -466,10 +471,12 @@ func (m *Manager) runSubscriber(ctx context.Context, l *link, gen uint64, cfg Su
 	l.mu.Lock()
 	if l.gen == gen && !l.removed {
 		l.failures++
+		if l.lastError != err.Error() { // a subscriber that cannot start would log every restart
+			l.log.Warn("link subscriber ended; starting a new one", zap.Duration("in", restartDelay), zap.Error(err))
+		}
 		l.lastError = err.Error()
 		l.loseLocked(now)
 		l.restartAt = now.Add(restartDelay)
-		l.log.Warn("link subscriber ended; starting a new one", zap.Duration("in", restartDelay), zap.Error(err))
 	}
 	l.mu.Unlock()
 	m.wake()
@@ -604,9 +611,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.mu.Unlock()
 		return errors.New("peers: Run called twice")
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	m.runCtx = runCtx
+	// Subscribers run under a context of their own, cancelled only after
+	// their callbacks were disowned below: cancelling them with ctx would
+	// let a stopping subscriber report its end as the peer's loss.
+	subCtx, cancelSubs := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelSubs()
+	m.runCtx = subCtx
 	for _, name := range slices.Sorted(maps.Keys(m.links)) {
 		l := m.links[name]
 		l.mu.Lock()
@@ -615,7 +625,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	m.mu.Unlock()
 
-	m.loop(runCtx)
+	m.loop(ctx)
 
 	m.mu.Lock()
 	m.stopped = true
@@ -631,6 +641,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		l.mu.Unlock()
 	}
 	m.mu.Unlock()
+	cancelSubs()
 	m.wg.Wait()
 	m.persist(m.clock.Now(), true)
 	return nil
@@ -670,6 +681,7 @@ func (m *Manager) loop(ctx context.Context) {
 // tick withdraws what outlived the TTL, restarts ended subscribers, settles
 // readiness, saves what is due, and returns the next deadline (zero: none).
 func (m *Manager) tick(now time.Time) time.Time {
+	m.ticksBegun.Add(1)
 	var next time.Time
 	later := func(t time.Time) {
 		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
@@ -701,7 +713,7 @@ func (m *Manager) tick(now time.Time) time.Time {
 	}
 	m.mu.Unlock()
 	later(m.persist(now, false))
-	m.tickedAt.Store(now.UnixNano())
+	m.ticksDone.Add(1)
 	return next
 }
 

@@ -76,6 +76,7 @@ func TestInvalidGateway(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, envOpts{})
+			e.index.MarkSynced("file") // the local source
 			e.run()
 			gws := []*gatewayv1.Gateway{remoteGateway("cluster2", 15012, tc.opts...)}
 			e.m.Sync(gws)
@@ -95,8 +96,8 @@ func TestInvalidGateway(t *testing.T) {
 			if got := testutil.ToFloat64(e.m.metrics.gatewayProblems); got != 1 {
 				t.Errorf("peerd_peer_gateway_problems_total = %v, want 1", got)
 			}
-			if !e.m.Synced() {
-				t.Error("an invalid Gateway holds up readiness")
+			if !e.m.Synced() || !e.index.Synced() {
+				t.Errorf("an invalid Gateway holds up readiness: peers %v, index %v", e.m.Synced(), e.index.Synced())
 			}
 
 			// Fixed: the problem is cleared and the link starts.
@@ -479,5 +480,64 @@ func TestClassify(t *testing.T) {
 		if reason != tc.reason || rejected != tc.rejected {
 			t.Errorf("classify(%v) = %q, %v; want %q, %v", tc.err, reason, rejected, tc.reason, tc.rejected)
 		}
+	}
+}
+
+// A Gateway that cannot be read when peerd restarts keeps its saved state
+// until it is fixed: a bad edit does not cost the saved services.
+func TestSavedStateOfUnreadableGatewayKept(t *testing.T) {
+	store := newMemStore()
+	p := newPeer(t)
+	p.set(svc("apps", "echo", 2))
+	first := newEnv(t, envOpts{store: store})
+	first.run()
+	first.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", p.port())})
+	first.waitState("cluster2", StateSynced)
+	p.stop()
+	first.waitState("cluster2", StateStale)
+	first.stop()
+
+	second := newEnv(t, envOpts{store: store, clock: first.clock})
+	second.run()
+	second.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", p.port(), withLabel(federation.LabelNetwork, ""))})
+	second.settle()
+	if _, sl := store.get("cluster2"); len(sl.Items) != 1 {
+		t.Fatalf("saved state of an unreadable Gateway's cluster deleted: %+v", sl)
+	}
+	second.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", p.port())})
+	if got := second.imported("cluster2"); !equalMaps(got, map[string]uint32{"apps/echo": 2}) {
+		t.Errorf("after the fix, restored %v", got)
+	}
+	// A cluster no Gateway names any more is forgotten.
+	second.m.Sync(nil)
+	second.settle()
+	if n, _ := store.Load(); len(n) != 0 {
+		t.Errorf("saved states left: %v", n)
+	}
+}
+
+// A subscriber that cannot run (no credentials for a TLS link) is a failure
+// shown on the link, retried, and logged once.
+func TestSubscriberWithoutCredentials(t *testing.T) {
+	e := newEnv(t, envOpts{})
+	e.m.opts.NewSubscriber = XDSClients(ClientOptions{})
+	e.run()
+	e.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", 15012)})
+	eventually(t, "the failure shown", func() error {
+		st, err := e.link("cluster2")
+		if err == nil && (st.Failures != 1 || !strings.Contains(st.LastError, "no transport credentials")) {
+			err = fmt.Errorf("%+v", st)
+		}
+		return err
+	})
+	e.step(restartDelay)
+	eventually(t, "retried", func() error {
+		if st, _ := e.link("cluster2"); st.Failures != 2 {
+			return fmt.Errorf("%+v", st)
+		}
+		return nil
+	})
+	if n := e.logs.FilterMessageSnippet("subscriber ended").Len(); n != 1 {
+		t.Errorf("logged %d times, want once", n)
 	}
 }

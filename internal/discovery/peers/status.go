@@ -1,7 +1,9 @@
 package peers
 
 import (
+	"encoding/json"
 	"maps"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -74,4 +76,12 @@ func (m *Manager) Status() []LinkStatus {
 	}
 	slices.SortFunc(out, func(a, b LinkStatus) int { return strings.Compare(a.Gateway, b.Gateway) })
 	return out
+}
+
+// ServeHTTP writes Status as JSON: mount the Manager at /debug/peers.
+func (m *Manager) ServeHTTP(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(m.Status()) // a failed write is the client's loss only
 }
