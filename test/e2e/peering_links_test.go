@@ -383,3 +383,28 @@ func mustManifest(t *testing.T, c *mesh.Cluster, name string) string {
 	}
 	return s
 }
+
+// TestPeeringUnlinkWithdrawsAtOnce: removing the link Gateway is the
+// operator's decision, not a loss: cluster2's services go at once, without
+// waiting for the (long) TTL, and come back when the link is written again.
+func TestPeeringUnlinkWithdrawsAtOnce(t *testing.T) {
+	m := startLinkedMesh(t, func(o *mesh.Options) { o.StaleTTL = 10 * time.Minute })
+	c1, c2 := m.Cluster("cluster1"), m.Cluster("cluster2")
+	z := clientOn(t, c1, "node-a")
+	greeter := globalKey("hello", "greeter")
+	waitEndpointClusters(t, z, greeter, "cluster2")
+
+	if err := c1.Unlink(c2); err != nil {
+		t.Fatal(err)
+	}
+	waitStateFor(t, z, peeringWait, greeter+" withdrawn on unlink", func(s *ztunnel.State) bool {
+		_, ok := s.Services[greeter]
+		return !ok
+	}, func() string { return "still held" })
+	waitEndpointClusters(t, z, globalKey("hello", "echo"), "cluster1", "cluster3")
+
+	if err := c1.Link(c2, mesh.LinkOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitEndpointClusters(t, z, greeter, "cluster2")
+}
