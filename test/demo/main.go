@@ -92,7 +92,8 @@ func run(ctx context.Context, binary, examples string, keep bool) error {
 	go func() { defer close(done); _ = client.Run(cctx) }()
 	defer func() { stopClient(); <-done }()
 
-	show := explainer(ctx, binary, c1)
+	explain := explainer(ctx, binary, c1)
+	show := func() error { return explain(echoKey) }
 
 	step("A ztunnel on node-a of cluster1 looks up echo.hello.mesh.internal")
 	if err := waitClient(ctx, client, "echo from all three clusters", func(s *ztunnel.State) bool {
@@ -116,6 +117,11 @@ func run(ctx context.Context, binary, examples string, keep bool) error {
 		return err
 	}
 	fmt.Println("  -> no Ready endpoint on network1: traffic fails over to cluster2 and cluster3 through their gateways, by capacity.")
+	fmt.Println("\n  The same pods behind echo-region (traffic distribution PreferRegion):")
+	if err := explain("hello/echo-region.hello.mesh.internal"); err != nil {
+		return err
+	}
+	fmt.Println("  -> PreferRegion keeps the failover in us-east: cluster2 only.")
 
 	step("cluster1's echo pods are Ready again")
 	if err := c1.ReplaceInManifest(echoPods, `status: "False"`, `status: "True"`); err != nil {
@@ -133,22 +139,23 @@ func run(ctx context.Context, binary, examples string, keep bool) error {
 	return nil
 }
 
-// explainer returns what prints the client's view of echo: `peerd explain`
-// when the binary has it, else `peerd view services` (its CLUSTERS column
-// shows each cluster's usable capacity).
-func explainer(ctx context.Context, binary string, c *mesh.Cluster) func() error {
-	args := []string{"explain", "--addr", c.PlaintextAddr, "--service", echoKey, "--node", "node-a"}
-	if exec.CommandContext(ctx, binary, "explain", "--help").Run() != nil {
-		args = []string{"view", "services", "--addr", c.PlaintextAddr, "--namespace", "hello"}
-	}
-	return func() error {
+// explainer returns what prints the client's view of a service: `peerd
+// explain` when the binary has it, else `peerd view services` (its
+// CLUSTERS column shows each cluster's usable capacity).
+func explainer(ctx context.Context, binary string, c *mesh.Cluster) func(service string) error {
+	hasExplain := exec.CommandContext(ctx, binary, "explain", "--help").Run() == nil
+	return func(service string) error {
+		args := []string{"view", "services", "--addr", c.PlaintextAddr, "--namespace", "hello"}
+		if hasExplain {
+			args = []string{"explain", "--addr", c.PlaintextAddr, "--service", service, "--node", "node-a"}
+		}
 		fmt.Printf("  $ peerd %s\n", strings.Join(args, " "))
 		out, err := exec.CommandContext(ctx, binary, args...).CombinedOutput()
 		for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
 			fmt.Println("    " + line)
 		}
 		var exit *exec.ExitError
-		if errors.As(err, &exit) && args[0] == "explain" {
+		if errors.As(err, &exit) && hasExplain {
 			return nil // explain exits non-zero for "no healthy upstream" and still prints the table
 		}
 		return err
