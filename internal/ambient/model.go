@@ -129,7 +129,10 @@ type peering struct {
 	// links: every istio-remote Gateway, parsed. linksByCluster: the valid
 	// ones that link another cluster; activeLinks: the one in force per
 	// cluster (the first by namespace and name).
-	links          map[objectKey]linkGateway
+	links map[objectKey]linkGateway
+	// eastWest: the local istio-eastwest Gateways' localities (made on
+	// first use).
+	eastWest       map[objectKey]Locality
 	linksByCluster map[string]map[objectKey]struct{}
 	activeLinks    map[string]activeLink
 	// exports of local global Services.

@@ -28,6 +28,7 @@ func (m *Model) valid(lg linkGateway) bool {
 // applyGateway records a Gateway's link (if it is an istio-remote one) and
 // marks the clusters whose link in force may change.
 func (m *Model) applyGateway(key objectKey, gw *gatewayv1.Gateway, d *dirty) {
+	m.applyEastWest(key, gw, d)
 	old, hadOld := m.links[key]
 	if gw != nil && federation.IsRemote(gw) {
 		l, err := federation.ParseLink(gw)
@@ -47,6 +48,46 @@ func (m *Model) applyGateway(key objectKey, gw *gatewayv1.Gateway, d *dirty) {
 		mark(&d.linkClusters, lg.link.Cluster)
 	}
 	mark(&d.gateways, key)
+}
+
+// applyEastWest records the local east-west Gateways' localities: the
+// cluster's locality, sent with every export, when Config.Locality does not
+// say it. With several, the first by namespace/name that has one counts.
+// A change re-exports every exported Service.
+func (m *Model) applyEastWest(key objectKey, gw *gatewayv1.Gateway, d *dirty) {
+	before := m.localLocality()
+	if gw != nil && string(gw.Spec.GatewayClassName) == federation.ClassEastWest {
+		if m.eastWest == nil {
+			m.eastWest = map[objectKey]Locality{}
+		}
+		m.eastWest[key] = Locality{Region: gw.Labels[federation.LabelRegion], Zone: gw.Labels[federation.LabelZone]}
+	} else if _, ok := m.eastWest[key]; ok {
+		delete(m.eastWest, key)
+	} else {
+		return
+	}
+	if m.localLocality() != before {
+		for k := range m.exports {
+			mark(&d.exports, k)
+		}
+	}
+}
+
+// localLocality is the locality exports carry: Config.Locality, else the
+// local east-west Gateways' labels.
+func (m *Model) localLocality() Locality {
+	if m.cfg.Locality != (Locality{}) {
+		return m.cfg.Locality
+	}
+	keys := slices.SortedFunc(maps.Keys(m.eastWest), func(a, b objectKey) int {
+		return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+	})
+	for _, k := range keys {
+		if l := m.eastWest[k]; l != (Locality{}) {
+			return l
+		}
+	}
+	return Locality{}
 }
 
 // applyImport records an imported service (nil: withdrawn) and marks what
@@ -263,6 +304,7 @@ func (m *Model) exportOf(key objectKey, w *warnings) *federationpb.FederatedServ
 	}
 	return exportService(exportInput{
 		cfg:       m.cfg,
+		locality:  m.localLocality(),
 		svc:       m.idx.k8sServices[key],
 		scope:     info.scope,
 		namespace: m.idx.namespaces[key.namespace],

@@ -925,3 +925,34 @@ func TestVIPRange(t *testing.T) {
 		}
 	}
 }
+
+// TestExportLocalityFromEastWestGateway: without Config.Locality, exports
+// carry the local east-west Gateway's region and zone, and a change of its
+// labels re-exports what was exported before.
+func TestExportLocalityFromEastWestGateway(t *testing.T) {
+	eastWest := func(region, zone string) *gatewayv1.Gateway {
+		return &gatewayv1.Gateway{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "istio-gateways", Name: "istio-eastwest",
+				Labels: map[string]string{federation.LabelRegion: region, federation.LabelZone: zone}},
+			Spec: gatewayv1.GatewaySpec{GatewayClassName: federation.ClassEastWest},
+		}
+	}
+	m := NewModel(testConfig)
+	first := m.Apply([]Change{{Ref: objectRef(KindService, "hello", "app"), Object: appService(scopeGlobalLabel)}})
+	if len(first.Exports) != 1 || first.Exports[0].GetLocality() != nil {
+		t.Fatalf("export before any east-west Gateway = %v; want one without a locality", first.Exports)
+	}
+	ref := objectRef(KindGateway, "istio-gateways", "istio-eastwest")
+	d := m.Apply([]Change{{Ref: ref, Object: eastWest("eu", "eu-1")}})
+	if len(d.Exports) != 1 {
+		t.Fatalf("the east-west Gateway's locality re-exported %d services; want 1", len(d.Exports))
+	}
+	diffProto(t, &federationpb.Locality{Region: "eu", Zone: "eu-1"}, d.Exports[0].GetLocality())
+	if d := m.Apply([]Change{{Ref: ref, Object: eastWest("eu", "eu-1")}}); len(d.Exports) != 0 {
+		t.Errorf("an unchanged east-west Gateway re-exported %v", d.Exports)
+	}
+	d = m.Apply([]Change{{Ref: ref}})
+	if len(d.Exports) != 1 || d.Exports[0].GetLocality() != nil {
+		t.Errorf("after the east-west Gateway is deleted, exports = %v; want one without a locality", d.Exports)
+	}
+}
