@@ -40,6 +40,9 @@ func TestPeeringKilledPeerIsKeptUntilTheTTLThenWithdrawn(t *testing.T) {
 	waitLinkState(t, c1, "cluster2", "synced")
 
 	killed := time.Now()
+	// From now on cluster2's gateway (the relay, like a TLS-passthrough
+	// Envoy) accepts each connection and closes it because its backend is
+	// gone: that is a lost peer, never a rejection.
 	c2.Kill()
 	waitLinkState(t, c1, "cluster2", "stale")
 	if !hasService(z, greeter) {
