@@ -8,7 +8,7 @@ GOBIN     := $(shell $(GO) env GOPATH)/bin
 PROTO_SRC := proto/istio/workload/workload.proto proto/istio/security/authorization.proto proto/peerd/federation/v1/federation.proto
 RACE      ?= -race
 
-.PHONY: build test test-unit test-istio lint proto run bench bench-e2e tools fuzz-short
+.PHONY: build test test-unit test-istio lint proto run demo bench bench-e2e tools fuzz-short
 
 build:
 	$(GO) build -o $(BIN)/peerd ./cmd/peerd
@@ -16,6 +16,12 @@ build:
 run: build
 	$(BIN)/peerd serve --cluster-name cluster1 --config-dir examples/cluster1 \
 		--plaintext-listen 127.0.0.1:15010 --listen "" --monitoring-listen 127.0.0.1:15014
+
+# Three linked clusters on loopback (examples/multicluster): what a ztunnel in
+# cluster1 sees, failover when cluster1's endpoints become unready, fail-back.
+# Stops by itself and leaves nothing running (test/demo).
+demo: build
+	$(GO) run ./test/demo --peerd $(BIN)/peerd --examples examples/multicluster $(DEMO_FLAGS)
 
 test: build
 	$(GO) test $(RACE) -count=1 ./...

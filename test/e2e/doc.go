@@ -2,5 +2,7 @@
 // binary, start it on loopback, and talk to it as ztunnel does (through the
 // ztunnel-like client in test/ztunnel), as grpcurl does, and as an operator
 // does (HTTP monitoring endpoints). Nothing here reaches into peerd's
-// internals; the binary is the unit under test.
+// internals; the binary is the unit under test. The peering tests (peering_*)
+// run three linked peerds from examples/multicluster through test/mesh and
+// ask the ztunnel-like client where traffic would go (internal/explain).
 package e2e
