@@ -473,6 +473,11 @@ func TestClassify(t *testing.T) {
 		{errors.New("connection refused"), "", false},
 		{errors.New(`transport: authentication handshake failed: x509: certificate signed by unknown authority`), ReasonTLS, true},
 		{errors.New(`peer certificate: trust domain "a.local", want "b.local"`), ReasonTrustDomain, true},
+		{errors.New(`transport: authentication handshake failed: remote error: tls: bad certificate`), ReasonTLS, true},
+		// A passthrough gateway in front of a peerd that is down closes the
+		// connection during the handshake: the peer is lost, not refusing.
+		{errors.New(`connection error: desc = "transport: authentication handshake failed: EOF"`), "", false},
+		{errors.New(`transport: authentication handshake failed: read tcp 127.0.0.1:1->127.0.0.1:2: read: connection reset by peer`), "", false},
 		{fmt.Errorf("wrapped: %w", Rejected(ReasonRefused, errors.New("no"))), ReasonRefused, true},
 	}
 	for _, tc := range tests {

@@ -105,6 +105,20 @@ func (e *RejectionError) Unwrap() error { return e.Err }
 // constants).
 func Rejected(reason string, err error) error { return &RejectionError{Reason: reason, Err: err} }
 
+// lostDuringHandshake: the handshake did not fail on what either side
+// presented but because the connection went away.
+func lostDuringHandshake(msg string) bool {
+	if !strings.Contains(msg, "authentication handshake failed") {
+		return false
+	}
+	for _, s := range []string{": EOF", "connection reset by peer", "broken pipe", "i/o timeout", "use of closed network connection"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
 // classify says whether a connection error is a rejection (retrying will not
 // help until someone changes certificates or configuration) and why.
 // gRPC flattens handshake errors into a status message, so beyond an
@@ -120,8 +134,13 @@ func classify(err error) (reason string, rejected bool) {
 	switch {
 	case strings.Contains(msg, "trust domain"):
 		return ReasonTrustDomain, true
-	case strings.Contains(msg, "authentication handshake failed"),
-		strings.Contains(msg, "x509:"),
+	case lostDuringHandshake(msg):
+		// A TLS-passthrough gateway whose peerd is down accepts the
+		// connection and closes it (as Envoy does): the handshake ends in
+		// EOF or a reset. That is a lost peer, not a refused one.
+		return "", false
+	case strings.Contains(msg, "x509:"),
+		strings.Contains(msg, "peer certificate"),
 		strings.Contains(msg, "tls: "):
 		return ReasonTLS, true
 	}
