@@ -70,6 +70,8 @@ type MeshOptions struct {
 	Clusters     []Cluster
 	WorkDir      string // config dirs, certificates, state and logs go below it
 	ReadyTimeout time.Duration
+	// NoState runs the peerds without --state-dir: no link state is saved.
+	NoState bool
 }
 
 // Peer is one cluster of a mesh and its peerd.
@@ -146,8 +148,10 @@ func startPeer(o MeshOptions, c Cluster, pki string) (*Peer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("free address %s: %w", listen, err)
 	}
-	t := Target{Name: "peerd-" + c.Name, Binary: o.Peerd,
-		Args: []string{"serve", "--ca-dir", filepath.Join(pki, c.Name), "--state-dir", state}}
+	t := Target{Name: "peerd-" + c.Name, Binary: o.Peerd, Args: []string{"serve", "--ca-dir", filepath.Join(pki, c.Name)}}
+	if !o.NoState {
+		t.Args = append(t.Args, "--state-dir", state)
+	}
 	srv, err := startServer(t, c.Name, dir, o.WorkDir, listen)
 	if err != nil {
 		return nil, err
@@ -250,14 +254,16 @@ func linksSynced(body []byte, want map[string]int) (bool, string, error) {
 }
 
 // HeapAfterGC is the server's Go heap in use right after a garbage
-// collection: /debug/pprof/heap?gc=1 collects, then /metrics reports
+// collection, with the heap profile taken then: /debug/pprof/heap?gc=1
+// collects and returns the profile, then /metrics reports
 // go_memstats_heap_inuse_bytes.
-func (s *Server) HeapAfterGC() (uint64, error) {
-	if code, _, err := s.get("/debug/pprof/heap?gc=1"); err != nil || code != http.StatusOK {
-		return 0, fmt.Errorf("%s /debug/pprof/heap: status %d, %v", s.Name, code, err)
+func (s *Server) HeapAfterGC() (uint64, []byte, error) {
+	code, profile, err := s.get("/debug/pprof/heap?gc=1")
+	if err != nil || code != http.StatusOK {
+		return 0, nil, fmt.Errorf("%s /debug/pprof/heap: status %d, %v", s.Name, code, err)
 	}
 	v, err := s.metric("go_memstats_heap_inuse_bytes")
-	return uint64(v), err
+	return uint64(v), []byte(profile), err
 }
 
 // metric reads one unlabelled sample from /metrics.
@@ -325,6 +331,10 @@ type ConvergenceOptions struct {
 	Clients       int
 	ChangeTimeout time.Duration
 	Settle        time.Duration // all peerds CPU-quiet before each change
+	// Drain is how long every peerd must be CPU-quiet after the last change
+	// before the CPU is read: work a change defers (peerd saves a changed
+	// link's state at most once per second) belongs to the changes.
+	Drain time.Duration
 	// Profile, when set, receives the importer's CPU profile of
 	// ProfileSeconds taken from the first change on.
 	Profile        io.Writer
@@ -354,8 +364,11 @@ type ConvergenceResult struct {
 	// Importer's heap after a GC before and after linking, and its RSS
 	// after linking.
 	HeapUnlinked, HeapLinked uint64
-	RSS                      uint64
-	Err                      error
+	// The heap profiles taken with them: `go tool pprof -top -base
+	// unlinked linked` shows where the imports' memory goes.
+	HeapProfileUnlinked, HeapProfileLinked []byte
+	RSS                                    uint64
+	Err                                    error
 }
 
 // HeapPerImport is the importer's heap growth from linking, per imported
@@ -411,7 +424,7 @@ func (r *ConvergenceResult) measure(ctx context.Context, m *Mesh, o MeshOptions,
 		servers[i] = p.Server
 	}
 	var err error
-	if r.HeapUnlinked, err = importer.Server.HeapAfterGC(); err != nil {
+	if r.HeapUnlinked, r.HeapProfileUnlinked, err = importer.Server.HeapAfterGC(); err != nil {
 		return err
 	}
 	readyCtx, cancel := context.WithTimeout(ctx, o.ReadyTimeout)
@@ -450,7 +463,7 @@ func (r *ConvergenceResult) measure(ctx context.Context, m *Mesh, o MeshOptions,
 	if err := fleet.WaitHeld(readyCtx, imported); err != nil {
 		return err
 	}
-	if r.HeapLinked, err = importer.Server.HeapAfterGC(); err != nil {
+	if r.HeapLinked, r.HeapProfileLinked, err = importer.Server.HeapAfterGC(); err != nil {
 		return err
 	}
 
@@ -514,6 +527,9 @@ func (r *ConvergenceResult) measure(ctx context.Context, m *Mesh, o MeshOptions,
 		if err := quiesceAll(servers, co.Settle, 10*time.Second); err != nil {
 			return err
 		}
+	}
+	if err := quiesceAll(servers, co.Drain, 30*time.Second); err != nil {
+		return err
 	}
 	impAfter, err := importer.Server.CPU()
 	if err != nil {
