@@ -2,9 +2,12 @@ package ambient
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/peerd-mesh/peerd/internal/federation"
 )
 
 // BenchmarkBuild measures one full rebuild of the model, which peerd runs
@@ -116,4 +119,63 @@ func BenchmarkModelChange(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkModelRemoteChange measures what one change from a linked cluster
+// costs the model: 1,000 global services (a 10,000-pod local cluster whose
+// namespaces are global), each exported by 10 linked clusters. A remote
+// change must cost O(what it touches): one split-horizon workload for a
+// capacity change, one global service for a change of identities.
+func BenchmarkModelRemoteChange(b *testing.B) {
+	const clusters, pods = 10, 10000
+	in := benchInputs(pods)
+	for _, ns := range in.Namespaces {
+		ns.Labels = map[string]string{LabelServiceScope: ScopeGlobal}
+	}
+	for c := range clusters {
+		cluster := fmt.Sprintf("remote-%d", c)
+		in.Gateways = append(in.Gateways, link(cluster, cluster, []string{fmt.Sprintf("172.16.0.%d", c+1)}))
+		for _, svc := range in.Services {
+			in.ImportedServices = append(in.ImportedServices, imported(cluster, svc.Namespace, svc.Name, capacity(10)))
+		}
+	}
+	// The model's own memory per imported (cluster, service): its split-
+	// horizon workload, its share of the global service, the indexes. The
+	// received summary itself is the discovery index's and not counted.
+	local, remote := in, Inputs{Gateways: in.Gateways, ImportedServices: in.ImportedServices}
+	local.Gateways, local.ImportedServices = nil, nil
+	m := NewModel(testConfig)
+	m.Apply(local.changes())
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	m.Apply(remote.changes())
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	perImport := float64(after.HeapAlloc-before.HeapAlloc) / float64(len(in.ImportedServices))
+	target := in.ImportedServices[len(in.ImportedServices)/2]
+	run := func(b *testing.B, versions [2]*federation.ImportedService, wantName string) {
+		b.Helper()
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			d := m.Apply([]Change{upsert(versions[i%2])})
+			i++
+			if len(d.Upserts) != 1 || ResourceName(d.Upserts[0]) != wantName || len(d.Deletes) != 0 {
+				upserts, deletes := deltaNames(d)
+				b.Fatalf("pushed %v, deleted %v; want only %s", upserts, deletes, wantName)
+			}
+		}
+		b.ReportMetric(perImport, "model-B/import")
+	}
+	b.Run("capacity", func(b *testing.B) {
+		changed := imported(target.Cluster, target.Namespace, target.Name, capacity(0))
+		run(b, [2]*federation.ImportedService{changed, target},
+			splitHorizonUID(testCluster, target.Cluster, target.Namespace, target.Name))
+	})
+	b.Run("identities", func(b *testing.B) {
+		changed := imported(target.Cluster, target.Namespace, target.Name, capacity(10), exportedSANs("spiffe://x.local/ns/a/sa/b"))
+		run(b, [2]*federation.ImportedService{changed, target},
+			namespacedHostname(target.Namespace, globalHostname(target.Name, target.Namespace, DefaultGlobalSuffix)))
+	})
 }

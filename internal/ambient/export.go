@@ -15,9 +15,12 @@ import (
 
 // exportInput is what exportService reads for one local Service.
 type exportInput struct {
-	cfg   Config
-	svc   *corev1.Service
-	scope scope
+	cfg Config
+	// locality of the local cluster (Config.Locality or the east-west
+	// Gateway's); empty fields are unknown.
+	locality Locality
+	svc      *corev1.Service
+	scope    scope
 	// namespace of the Service; nil when unknown.
 	namespace *corev1.Namespace
 	// endpoints are the published workloads whose services map lists the
@@ -72,7 +75,7 @@ func exportService(in exportInput, w *warnings) *federationpb.FederatedService {
 		TrafficDistribution: distribution,
 		Scope:               in.scope.proto(),
 	}
-	if l := in.cfg.Locality; l != (Locality{}) {
+	if l := in.locality; l != (Locality{}) {
 		out.Locality = &federationpb.Locality{Region: l.Region, Zone: l.Zone}
 	}
 	if !s.CreationTimestamp.IsZero() {

@@ -61,6 +61,7 @@ func globalService(in globalServiceInput, w *warnings) *workloadpb.Service {
 	}
 	slices.Sort(sans)
 	sans = slices.Compact(sans)
+	reportScopeConflicts(in, w)
 
 	svc := &workloadpb.Service{
 		Name:            in.name,
@@ -185,6 +186,37 @@ func reportPortConflicts(in globalServiceInput, w *warnings) {
 	}
 }
 
+// reportScopeConflicts warns when the clusters that export a name disagree
+// on its scope (one global, another global-only). For importers both mean
+// global, so nothing is resolved: each cluster's own label still decides
+// whether its plain svc name carries remote endpoints, which is worth an
+// operator's look when the clusters were meant to be configured alike.
+func reportScopeConflicts(in globalServiceInput, w *warnings) {
+	var said []string
+	scopes := map[federationpb.Scope]bool{}
+	if in.localExport != nil {
+		scopes[in.localExport.GetScope()] = true
+		said = append(said, in.cfg.ClusterID+"="+scopeName(in.localExport.GetScope()))
+	}
+	for _, r := range in.remotes {
+		scopes[r.Service.GetScope()] = true
+		said = append(said, r.Cluster+"="+scopeName(r.Service.GetScope()))
+	}
+	if len(scopes) > 1 {
+		w.add(ObjectRef{Kind: KindGlobalService, Namespace: in.namespace, Name: in.name}, "scope",
+			fmt.Sprintf("clusters disagree (%s): all count as global here; only a cluster whose own Service says %s widens its plain name",
+				strings.Join(said, ", "), ScopeGlobalOnly))
+	}
+}
+
+// scopeName spells an exported scope as the label value does.
+func scopeName(s federationpb.Scope) string {
+	if s == federationpb.Scope_GLOBAL_ONLY {
+		return ScopeGlobalOnly
+	}
+	return ScopeGlobal
+}
+
 // remoteDistribution is the traffic distribution of a global service that
 // exists only remotely: the one every exporter asks for (none asked:
 // PreferNetwork). Exporters that disagree get the default and a warning; an
@@ -224,8 +256,11 @@ func remoteDistribution(in globalServiceInput, w *warnings) trafficDistribution 
 
 // splitHorizonInput is what one split-horizon workload is made of.
 type splitHorizonInput struct {
-	cfg      Config
-	link     federation.Link
+	cfg  Config
+	link federation.Link
+	// gateway is networkGateway(cfg, link), built once per link; nil
+	// builds it here.
+	gateway  *workloadpb.GatewayAddress
 	imported *federation.ImportedService
 	// plainToo: the local Service (or its namespace) says global-only, so
 	// the workload is also an endpoint of the plain svc.<domain-suffix> name.
@@ -258,6 +293,10 @@ func splitHorizonWorkload(in splitHorizonInput) *workloadpb.Workload {
 	if s.GetCapacity() == 0 {
 		status = workloadpb.WorkloadStatus_UNHEALTHY
 	}
+	gateway := in.gateway
+	if gateway == nil {
+		gateway = networkGateway(in.cfg, in.link)
+	}
 	uid := splitHorizonUID(in.cfg.ClusterID, in.imported.Cluster, s.GetNamespace(), s.GetName())
 	return &workloadpb.Workload{
 		Uid:            uid,
@@ -266,7 +305,7 @@ func splitHorizonWorkload(in splitHorizonInput) *workloadpb.Workload {
 		Network:        in.link.Network,
 		TunnelProtocol: workloadpb.TunnelProtocol_HBONE,
 		TrustDomain:    workloadTrustDomain(in.link.TrustDomain),
-		NetworkGateway: networkGateway(in.cfg, in.link),
+		NetworkGateway: gateway,
 		WorkloadType:   workloadpb.WorkloadType_POD,
 		Services:       services,
 		Status:         status,
@@ -301,11 +340,23 @@ func clonePortList(pl *workloadpb.PortList) *workloadpb.PortList {
 // workloads, so ztunnel spreads connections over all of them (upstream
 // Istio uses the first address only).
 func gatewayByHostname(l federation.Link) bool {
-	if len(l.Addresses) != 1 {
+	addrs := uniqueAddresses(l)
+	if len(addrs) != 1 {
 		return true
 	}
-	_, err := netip.ParseAddr(l.Addresses[0])
+	_, err := netip.ParseAddr(addrs[0])
 	return err != nil
+}
+
+// uniqueAddresses are the link's addresses in order, each once.
+func uniqueAddresses(l federation.Link) []string {
+	out := make([]string, 0, len(l.Addresses))
+	for _, a := range l.Addresses {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // networkGateway is how split-horizon workloads reach the linked cluster.
@@ -346,10 +397,7 @@ func linkGatewayAddresses(cfg Config, l federation.Link) []*workloadpb.Address {
 			Ports:     []*workloadpb.Port{{ServicePort: l.HBONEPort, TargetPort: l.HBONEPort}},
 		}}})
 	}
-	for i, a := range l.Addresses {
-		if slices.Contains(l.Addresses[:i], a) {
-			continue // one workload per address
-		}
+	for _, a := range uniqueAddresses(l) {
 		uid := networkGatewayUID(cfg.ClusterID, l.Cluster, a)
 		wl := &workloadpb.Workload{
 			Uid:            uid,

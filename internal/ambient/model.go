@@ -85,10 +85,14 @@ type Delta struct {
 //	                   gateway Service) of that link; when the link in force
 //	                   for its cluster changes, every split-horizon workload
 //	                   of the cluster, the global services it imports and
-//	                   their global-only plain Services. Other Gateways:
-//	                   nothing
-//	ImportedService -> its split-horizon workload, its global service, and
-//	                   the plain Service when the local one is global-only
+//	                   their global-only plain Services. istio-eastwest
+//	                   ones: every export, when the cluster's locality
+//	                   they give changes. Other Gateways: nothing
+//	ImportedService -> its split-horizon workload (when its ports, capacity
+//	                   or locality change), its global service and, when
+//	                   the local Service is global-only, the plain Service
+//	                   (when its ports, SANs, traffic distribution or
+//	                   creation time change); both when it comes or goes
 //	export          -> (a changed local export's SANs) its global service
 //
 // A change that leaves every field the mapping reads as it was (a node
@@ -126,16 +130,30 @@ type peering struct {
 	// links: every istio-remote Gateway, parsed. linksByCluster: the valid
 	// ones that link another cluster; activeLinks: the one in force per
 	// cluster (the first by namespace and name).
-	links          map[objectKey]linkGateway
+	links map[objectKey]linkGateway
+	// eastWest: the local istio-eastwest Gateways' localities (made on
+	// first use).
+	eastWest       map[objectKey]Locality
 	linksByCluster map[string]map[objectKey]struct{}
-	activeLinks    map[string]federation.Link
+	activeLinks    map[string]activeLink
 	// exports of local global Services.
 	exports map[objectKey]*federationpb.FederatedService
 	// endpoints: the published local workloads (Pods, EndpointSlice
-	// endpoints) by the plain Service key ("ns/hostname") they list, then
-	// uid: what an export counts, without scanning the cluster.
+	// endpoints) of global Services by the plain Service key
+	// ("ns/hostname") they list, then uid: what an export counts, without
+	// scanning the cluster.
 	endpoints map[string]map[string]*workloadpb.Workload
 	vips      *vipAllocator
+	// exported and unexported collect one Apply's export changes.
+	exported   []*federationpb.FederatedService
+	unexported []string
+}
+
+// activeLink is the link in force for a cluster, with the network_gateway
+// its split-horizon workloads share.
+type activeLink struct {
+	federation.Link
+	gateway *workloadpb.GatewayAddress
 }
 
 // linkGateway is an istio-remote Gateway read as a link, or why it is not one.
@@ -144,11 +162,13 @@ type linkGateway struct {
 	err  error
 }
 
-// Owner kinds of outputs that are not one input object's.
-const (
-	ownerExport  = "export"
-	ownerCluster = "cluster"
-)
+// ownerExport keys the warnings raised while exporting a Service (the
+// Service's own mapping keeps its warnings under the Service).
+const ownerExport = "export"
+
+// KindCluster names a linked cluster in warnings (ObjectRef.Name is the
+// cluster), e.g. about services it exports that no link lets in.
+const KindCluster = "cluster"
 
 // produced is one object's version of one resource.
 type produced struct {
@@ -171,7 +191,7 @@ func NewModel(cfg Config) *Model {
 			importsByCluster: map[string]map[objectKey]struct{}{},
 			links:            map[objectKey]linkGateway{},
 			linksByCluster:   map[string]map[objectKey]struct{}{},
-			activeLinks:      map[string]federation.Link{},
+			activeLinks:      map[string]activeLink{},
 			exports:          map[objectKey]*federationpb.FederatedService{},
 			endpoints:        map[string]map[string]*workloadpb.Workload{},
 		},
@@ -195,7 +215,8 @@ type dirty struct {
 	slices   map[objectKey]struct{}
 	// Peering: link clusters whose link in force may have changed, link
 	// Gateways to re-produce, exports, split-horizon workloads (by the
-	// imported service's ref) and global services to recompute.
+	// imported service's ref) and global services to recompute. Nil until
+	// marked (see mark).
 	linkClusters map[string]struct{}
 	gateways     map[objectKey]struct{}
 	exports      map[objectKey]struct{}
@@ -204,24 +225,25 @@ type dirty struct {
 	// names touched, each with whether it was served before this Apply.
 	names           map[string]bool
 	warningsChanged bool
-	// Export changes, by resource name.
-	exported    []*federationpb.FederatedService
-	unexported  []string
-	vipsChanged bool
+	vipsChanged     bool
 }
 
 func newDirty() *dirty {
 	return &dirty{
-		services:     map[objectKey]struct{}{},
-		pods:         map[objectKey]struct{}{},
-		slices:       map[objectKey]struct{}{},
-		linkClusters: map[string]struct{}{},
-		gateways:     map[objectKey]struct{}{},
-		exports:      map[objectKey]struct{}{},
-		splits:       map[ObjectRef]struct{}{},
-		globals:      map[objectKey]struct{}{},
-		names:        map[string]bool{},
+		services: map[objectKey]struct{}{},
+		pods:     map[objectKey]struct{}{},
+		slices:   map[objectKey]struct{}{},
+		names:    map[string]bool{},
 	}
+}
+
+// mark adds k to the set *set, making the set on first use: most Applys
+// touch no peering output, and five empty maps per Apply are measurable.
+func mark[K comparable](set *map[K]struct{}, k K) {
+	if *set == nil {
+		*set = map[K]struct{}{}
+	}
+	(*set)[k] = struct{}{}
 }
 
 // Apply folds changes into the model and returns what changed in its
@@ -245,7 +267,7 @@ func (m *Model) Apply(changes []Change) Delta {
 		// Global services carry their VIPs on the local network; those of
 		// local Services are marked by their Service.
 		for k := range m.imports {
-			d.globals[k] = struct{}{}
+			mark(&d.globals, k)
 		}
 	}
 	d.allPods = d.all || m.coversAllPods(d.pods)
@@ -278,11 +300,13 @@ func (m *Model) Apply(changes []Change) Delta {
 	}
 	// VIPs are handed out in hostname order, so one batch allocates the
 	// same way whatever order its changes came in.
-	globals := slices.SortedFunc(maps.Keys(d.globals), func(a, b objectKey) int {
-		return cmp.Compare(globalHostname(a.name, a.namespace, ""), globalHostname(b.name, b.namespace, ""))
-	})
-	for _, k := range globals {
-		m.recomputeGlobal(k, d)
+	if len(d.globals) > 0 {
+		globals := slices.SortedFunc(maps.Keys(d.globals), func(a, b objectKey) int {
+			return cmp.Compare(globalHostname(a.name, a.namespace, ""), globalHostname(b.name, b.namespace, ""))
+		})
+		for _, k := range globals {
+			m.recomputeGlobal(k, d)
+		}
 	}
 	return m.flush(d)
 }
@@ -309,7 +333,7 @@ func (m *Model) applyInput(ch Change, d *dirty) {
 		if !maps.Equal(namespaceAnnotations(old), namespaceAnnotations(ns)) || namespaceScopeLabel(old) != namespaceScopeLabel(ns) {
 			for k := range x.servicesByNamespace[ch.Ref.Name] {
 				d.services[k] = struct{}{}
-				d.exports[k] = struct{}{}
+				mark(&d.exports, k)
 			}
 		}
 	case KindNode:
@@ -336,7 +360,7 @@ func (m *Model) applyInput(ch Change, d *dirty) {
 			delete(x.k8sServices, key)
 		}
 		d.services[key] = struct{}{}
-		d.exports[key] = struct{}{}
+		mark(&d.exports, key)
 	case KindEndpointSlice:
 		es, _ := ch.Object.(*discoveryv1.EndpointSlice)
 		if old := x.slices[key]; old != nil {
@@ -645,11 +669,14 @@ func (m *Model) flush(d *dirty) Delta {
 		m.duplicates[name] = ws
 	}
 	delta.WarningsChanged = d.warningsChanged
-	slices.SortFunc(d.exported, func(a, b *federationpb.FederatedService) int {
+	// The export changes live on the Model, not in d: a dirty whose slices
+	// flowed into the Delta would move all of its maps to the heap.
+	slices.SortFunc(m.exported, func(a, b *federationpb.FederatedService) int {
 		return cmp.Compare(federation.ResourceName(a.Namespace, a.Name), federation.ResourceName(b.Namespace, b.Name))
 	})
-	slices.Sort(d.unexported)
-	delta.Exports, delta.Unexports = d.exported, d.unexported
+	slices.Sort(m.unexported)
+	delta.Exports, delta.Unexports = m.exported, m.unexported
+	m.exported, m.unexported = nil, nil
 	delta.VIPsChanged = d.vipsChanged
 	return delta
 }
@@ -698,6 +725,9 @@ func (m *Model) Exports() []*federationpb.FederatedService {
 
 // VIPs returns the current VIP allocations of global services by hostname,
 // for the caller to persist and hand back as Config.VIPs after a restart.
+// A seeded allocation whose service has not come back in this run stays
+// reserved inside the model but is not listed: persisting VIPs drops it, and
+// the service then gets its hashed address again unless another took it.
 func (m *Model) VIPs() map[string][]netip.Addr { return m.vips.live() }
 
 // Network is the local network the model currently maps addresses onto.

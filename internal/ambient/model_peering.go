@@ -28,6 +28,7 @@ func (m *Model) valid(lg linkGateway) bool {
 // applyGateway records a Gateway's link (if it is an istio-remote one) and
 // marks the clusters whose link in force may change.
 func (m *Model) applyGateway(key objectKey, gw *gatewayv1.Gateway, d *dirty) {
+	m.applyEastWest(key, gw, d)
 	old, hadOld := m.links[key]
 	if gw != nil && federation.IsRemote(gw) {
 		l, err := federation.ParseLink(gw)
@@ -40,13 +41,53 @@ func (m *Model) applyGateway(key objectKey, gw *gatewayv1.Gateway, d *dirty) {
 	}
 	if hadOld && m.valid(old) {
 		removeFromMap(m.linksByCluster, old.link.Cluster, key)
-		d.linkClusters[old.link.Cluster] = struct{}{}
+		mark(&d.linkClusters, old.link.Cluster)
 	}
 	if lg, ok := m.links[key]; ok && m.valid(lg) {
 		addToMap(m.linksByCluster, lg.link.Cluster, key, struct{}{})
-		d.linkClusters[lg.link.Cluster] = struct{}{}
+		mark(&d.linkClusters, lg.link.Cluster)
 	}
-	d.gateways[key] = struct{}{}
+	mark(&d.gateways, key)
+}
+
+// applyEastWest records the local east-west Gateways' localities: the
+// cluster's locality, sent with every export, when Config.Locality does not
+// say it. With several, the first by namespace/name that has one counts.
+// A change re-exports every exported Service.
+func (m *Model) applyEastWest(key objectKey, gw *gatewayv1.Gateway, d *dirty) {
+	before := m.localLocality()
+	if gw != nil && string(gw.Spec.GatewayClassName) == federation.ClassEastWest {
+		if m.eastWest == nil {
+			m.eastWest = map[objectKey]Locality{}
+		}
+		m.eastWest[key] = Locality{Region: gw.Labels[federation.LabelRegion], Zone: gw.Labels[federation.LabelZone]}
+	} else if _, ok := m.eastWest[key]; ok {
+		delete(m.eastWest, key)
+	} else {
+		return
+	}
+	if m.localLocality() != before {
+		for k := range m.exports {
+			mark(&d.exports, k)
+		}
+	}
+}
+
+// localLocality is the locality exports carry: Config.Locality, else the
+// local east-west Gateways' labels.
+func (m *Model) localLocality() Locality {
+	if m.cfg.Locality != (Locality{}) {
+		return m.cfg.Locality
+	}
+	keys := slices.SortedFunc(maps.Keys(m.eastWest), func(a, b objectKey) int {
+		return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+	})
+	for _, k := range keys {
+		if l := m.eastWest[k]; l != (Locality{}) {
+			return l
+		}
+	}
+	return Locality{}
 }
 
 // applyImport records an imported service (nil: withdrawn) and marks what
@@ -67,20 +108,41 @@ func (m *Model) applyImport(ref ObjectRef, is *federation.ImportedService, d *di
 		addToMap(m.importsByCluster, c, key, struct{}{})
 	}
 	if hadCluster != (len(m.importsByCluster[c]) > 0) {
-		d.linkClusters[c] = struct{}{} // the "not linked" warning may change
+		mark(&d.linkClusters, c) // the "not linked" warning may change
 	}
-	m.markImportDependents(c, key, d)
+	if old == nil || is == nil {
+		m.markImportDependents(c, key, d)
+		return
+	}
+	// A readiness change in the exporting cluster changes only capacity:
+	// recompute only what reads the fields that changed.
+	o, n := old.Service, is.Service
+	samePorts := slices.EqualFunc(o.GetPorts(), n.GetPorts(), func(a, b *federationpb.Port) bool { return proto.Equal(a, b) })
+	if !samePorts || o.GetCapacity() != n.GetCapacity() || !proto.Equal(o.GetLocality(), n.GetLocality()) {
+		mark(&d.splits, ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name})
+	}
+	if !samePorts || !slices.Equal(o.GetSubjectAltNames(), n.GetSubjectAltNames()) ||
+		o.GetTrafficDistribution() != n.GetTrafficDistribution() || !proto.Equal(o.GetCreationTime(), n.GetCreationTime()) {
+		mark(&d.globals, key)
+		m.markPlainService(key, d)
+	}
+}
+
+// markPlainService marks the local Service of key when it is global-only:
+// it carries the remote SANs.
+func (m *Model) markPlainService(key objectKey, d *dirty) {
+	if info := m.idx.services[key]; info != nil && info.scope == scopeGlobalOnly {
+		d.services[key] = struct{}{}
+	}
 }
 
 // markImportDependents marks what reads the import of key from cluster c:
 // its split-horizon workload, its global service and, when the local
 // Service is global-only, the plain Service (its SANs).
 func (m *Model) markImportDependents(c string, key objectKey, d *dirty) {
-	d.splits[ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name}] = struct{}{}
-	d.globals[key] = struct{}{}
-	if info := m.idx.services[key]; info != nil && info.scope == scopeGlobalOnly {
-		d.services[key] = struct{}{}
-	}
+	mark(&d.splits, ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name})
+	mark(&d.globals, key)
+	m.markPlainService(key, d)
 }
 
 // recomputeLinkCluster settles which link is in force for cluster c (the
@@ -91,27 +153,34 @@ func (m *Model) recomputeLinkCluster(c string, d *dirty) {
 		return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
 	})
 	for _, k := range keys {
-		d.gateways[k] = struct{}{}
+		mark(&d.gateways, k)
 	}
 	old, had := m.activeLinks[c]
-	var active federation.Link
+	var active activeLink
 	if len(keys) > 0 {
-		active = m.links[keys[0]].link
-		m.activeLinks[c] = active
-	} else {
-		delete(m.activeLinks, c)
+		active.Link = m.links[keys[0]].link
 	}
-	if had != (len(keys) > 0) || !sameLink(old, active) {
+	changed := had != (len(keys) > 0) || !sameLink(old.Link, active.Link)
+	switch {
+	case len(keys) == 0:
+		delete(m.activeLinks, c)
+	case changed:
+		// One network_gateway message, shared read-only by every
+		// split-horizon workload of the cluster (memory per import).
+		active.gateway = networkGateway(m.cfg, active.Link)
+		m.activeLinks[c] = active
+	}
+	if changed {
 		for key := range m.importsByCluster[c] {
 			m.markImportDependents(c, key, d)
 		}
 	}
 	var ws []Warning
 	if len(keys) == 0 && len(m.importsByCluster[c]) > 0 {
-		ws = []Warning{{Object: ObjectRef{Kind: ownerCluster, Name: c},
+		ws = []Warning{{Object: ObjectRef{Kind: KindCluster, Name: c},
 			Message: "services imported from this cluster are ignored: no istio-remote Gateway links it"}}
 	}
-	m.setWarnings(ObjectRef{Kind: ownerCluster, Name: c}, ws, d)
+	m.setWarnings(ObjectRef{Kind: KindCluster, Name: c}, ws, d)
 }
 
 // sameLink compares every field, so a field added to Link is never missed.
@@ -155,36 +224,44 @@ func (m *Model) markPeeringDependents(key objectKey, old, info *serviceInfo, d *
 		return i.scope
 	}
 	if scopeOf(old).global() || scopeOf(info).global() || len(m.imports[key]) > 0 {
-		d.globals[key] = struct{}{}
+		mark(&d.globals, key)
 	}
 	if (scopeOf(old) == scopeGlobalOnly) != (scopeOf(info) == scopeGlobalOnly) {
 		for c := range m.imports[key] {
-			d.splits[ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name}] = struct{}{}
+			mark(&d.splits, ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name})
 		}
 	}
 }
 
 // indexEndpoint moves a local workload's entries in the endpoint index from
 // its old to its new version, marking the exports whose count or SANs this
-// may change.
+// may change. Only global Services' endpoints are indexed, so the index
+// costs nothing in a cluster that exports nothing: a Service that becomes
+// global (or stops being global) changes its endpoints' services maps (the
+// global key), and so passes every endpoint through here.
 func (m *Model) indexEndpoint(old, wl *workloadpb.Workload, d *dirty) {
 	same := old != nil && wl != nil && old.GetStatus() == wl.GetStatus() &&
 		old.GetServiceAccount() == wl.GetServiceAccount() && old.GetNamespace() == wl.GetNamespace() &&
 		old.GetWorkloadType() == wl.GetWorkloadType()
-	globalSuffix := "." + m.cfg.GlobalSuffix
 	for key := range old.GetServices() {
-		if _, still := wl.GetServices()[key]; still || strings.HasSuffix(key, globalSuffix) {
+		if _, still := wl.GetServices()[key]; still {
 			continue
 		}
-		removeFromMap(m.endpoints, key, old.GetUid())
-		m.markExport(key, d)
+		if _, indexed := m.endpoints[key][old.GetUid()]; indexed {
+			removeFromMap(m.endpoints, key, old.GetUid())
+			m.markExport(key, d)
+		}
 	}
 	for key := range wl.GetServices() {
-		if strings.HasSuffix(key, globalSuffix) {
+		if info := m.idx.byKey[key]; info == nil || !info.scope.global() {
+			if _, indexed := m.endpoints[key][wl.GetUid()]; indexed {
+				removeFromMap(m.endpoints, key, wl.GetUid())
+			}
 			continue
 		}
+		_, had := m.endpoints[key][wl.GetUid()]
 		addToMap(m.endpoints, key, wl.GetUid(), wl)
-		if _, had := old.GetServices()[key]; !had || !same {
+		if !had || !same {
 			m.markExport(key, d)
 		}
 	}
@@ -193,7 +270,7 @@ func (m *Model) indexEndpoint(old, wl *workloadpb.Workload, d *dirty) {
 // markExport marks the export of the global Service whose plain key is key.
 func (m *Model) markExport(key string, d *dirty) {
 	if info := m.idx.byKey[key]; info != nil && info.scope.global() {
-		d.exports[objectKey{namespace: info.svc.Namespace, name: info.svc.Name}] = struct{}{}
+		mark(&d.exports, objectKey{namespace: info.svc.Namespace, name: info.svc.Name})
 	}
 }
 
@@ -210,13 +287,13 @@ func (m *Model) recomputeExport(key objectKey, d *dirty) {
 	name := federation.ResourceName(key.namespace, key.name)
 	if out == nil {
 		delete(m.exports, key)
-		d.unexported = append(d.unexported, name)
+		m.unexported = append(m.unexported, name)
 	} else {
 		m.exports[key] = out
-		d.exported = append(d.exported, out)
+		m.exported = append(m.exported, out)
 	}
 	if (old == nil) != (out == nil) || !slices.Equal(old.GetSubjectAltNames(), out.GetSubjectAltNames()) {
-		d.globals[key] = struct{}{}
+		mark(&d.globals, key)
 	}
 }
 
@@ -227,6 +304,7 @@ func (m *Model) exportOf(key objectKey, w *warnings) *federationpb.FederatedServ
 	}
 	return exportService(exportInput{
 		cfg:       m.cfg,
+		locality:  m.localLocality(),
 		svc:       m.idx.k8sServices[key],
 		scope:     info.scope,
 		namespace: m.idx.namespaces[key.namespace],
@@ -269,7 +347,8 @@ func (m *Model) recomputeSplitHorizon(ref ObjectRef, d *dirty) {
 	is := m.imports[key][ref.Cluster]
 	if link, linked := m.activeLinks[ref.Cluster]; is != nil && linked {
 		info := m.idx.services[key]
-		wl := splitHorizonWorkload(splitHorizonInput{cfg: m.cfg, link: link, imported: is, plainToo: info != nil && info.scope == scopeGlobalOnly})
+		wl := splitHorizonWorkload(splitHorizonInput{cfg: m.cfg, link: link.Link, gateway: link.gateway, imported: is,
+			plainToo: info != nil && info.scope == scopeGlobalOnly})
 		out = []*workloadpb.Address{{Type: &workloadpb.Address_Workload{Workload: wl}}}
 	}
 	m.produce(ref, out, nil, d)
