@@ -384,8 +384,8 @@ func (r ConvergenceResult) HeapPerImport() float64 {
 // heap before and after linking, then Changes readiness flips of the
 // exporter's churned pods, each changing the exported capacity of one
 // global Service, timed to the importer's streams.
-func RunConvergence(ctx context.Context, name string, o MeshOptions, co ConvergenceOptions) (r ConvergenceResult) {
-	r = ConvergenceResult{Name: name, Clusters: len(o.Clusters)}
+func RunConvergence(ctx context.Context, name string, o MeshOptions, co ConvergenceOptions) ConvergenceResult {
+	r := ConvergenceResult{Name: name, Clusters: len(o.Clusters)}
 	if len(o.Clusters) < 2 {
 		r.Err = errors.New("a mesh needs at least two clusters")
 		return r
