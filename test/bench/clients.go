@@ -138,6 +138,34 @@ func (f *Fleet) Held() int {
 	return len(f.probe)
 }
 
+// WaitHeld waits until the probe stream holds every one of names.
+func (f *Fleet) WaitHeld(ctx context.Context, names []string) error {
+	for {
+		missing := f.missing(names)
+		if len(missing) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("the server does not serve %d of %d resources, e.g. %q: %w", len(missing), len(names), missing[0], errors.Join(ctx.Err(), f.Err()))
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// missing lists the names the probe stream does not hold.
+func (f *Fleet) missing(names []string) []string {
+	f.probeMu.Lock()
+	defer f.probeMu.Unlock()
+	var out []string
+	for _, n := range names {
+		if _, ok := f.probe[n]; !ok {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // Expect prepares a change to names: it records the versions the probe
 // holds, which every stream must see replaced. Call it when the previous
 // change has reached every stream, and before the file is written.

@@ -30,6 +30,24 @@ type Cluster struct {
 	// "a" and "b"; the Service "mover" selects one value, and flipping its
 	// selector moves all Move pods in or out of it.
 	Move int
+	// Network is the cluster's network, the label of its system namespace
+	// and east-west Gateway ("network1" when empty).
+	Network string
+	// Global is how many Services, the first ones, are labelled
+	// solo.io/service-scope=global: exported to linked clusters.
+	Global int
+}
+
+// LabelServiceScope marks a Service global (exported to peers) with the
+// value "global".
+const LabelServiceScope = "solo.io/service-scope"
+
+// network is the cluster's network name.
+func (c Cluster) network() string {
+	if c.Network == "" {
+		return "network1"
+	}
+	return c.Network
 }
 
 // Label and Service of the selector-change scenario.
@@ -61,6 +79,9 @@ func (c Cluster) Validate() error {
 	}
 	if c.Churn < 0 || c.Churn > c.Pods {
 		errs = append(errs, fmt.Errorf("cluster: churn: %d, want 0 to %d (the pod count)", c.Churn, c.Pods))
+	}
+	if c.Global < 0 || c.Global > c.Services {
+		errs = append(errs, fmt.Errorf("cluster: global: %d, want 0 to %d (the service count)", c.Global, c.Services))
 	}
 	if c.Move < 0 {
 		errs = append(errs, fmt.Errorf("cluster: move: %d, want at least 0", c.Move))
@@ -208,7 +229,7 @@ func (c Cluster) Write(dir string) error {
 	if err := writeFile(dir, MoverFile, func(w io.Writer) { WriteMover(w, "a") }); err != nil {
 		return err
 	}
-	if err := writeFile(dir, GatewayFile, func(w io.Writer) { WriteGateway(w, Start) }); err != nil {
+	if err := writeFile(dir, GatewayFile, func(w io.Writer) { WriteGateway(w, c.network(), Start) }); err != nil {
 		return err
 	}
 	movers := c.moverLabels()
@@ -273,13 +294,13 @@ func (s *Staged) Commit() error { return os.Rename(s.tmp, s.path) }
 
 func (c Cluster) writeNamespaces(w io.Writer) {
 	// The system namespace names the network, as the operator's guide asks.
-	fmt.Fprint(w, `apiVersion: v1
+	fmt.Fprintf(w, `apiVersion: v1
 kind: Namespace
 metadata:
   name: istio-system
   labels:
-    topology.istio.io/network: network1
-`)
+    topology.istio.io/network: %s
+`, c.network())
 	for i := range c.Namespaces {
 		fmt.Fprintf(w, `---
 apiVersion: v1
@@ -333,6 +354,10 @@ func serviceIP(s int) netip.Addr {
 
 func (c Cluster) writeService(w io.Writer, s int) {
 	name := serviceName(s)
+	scope := ""
+	if s < c.Global {
+		scope = "\n    " + LabelServiceScope + ": global"
+	}
 	fmt.Fprintf(w, `---
 apiVersion: v1
 kind: Service
@@ -340,7 +365,7 @@ metadata:
   name: %s
   namespace: %s
   labels:
-    app: %s
+    app: %s%s
 spec:
   clusterIP: %s
   selector:
@@ -352,7 +377,7 @@ spec:
   - name: grpc
     port: 9090
     targetPort: 9090
-`, name, c.serviceNamespace(s), name, serviceIP(s), name)
+`, name, c.serviceNamespace(s), name, scope, serviceIP(s), name)
 }
 
 // WriteMover writes the mover Service selecting the pods labelled
@@ -374,17 +399,17 @@ spec:
 `, MoverService, moverNS, MoverLabel, value)
 }
 
-// WriteGateway writes an east-west Gateway whose status was last written at
-// at: the Gateway controller rewrites status conditions while the spec
-// stays the same.
-func WriteGateway(w io.Writer, at time.Time) {
+// WriteGateway writes the east-west Gateway of network whose status was last
+// written at at: the Gateway controller rewrites status conditions while the
+// spec stays the same.
+func WriteGateway(w io.Writer, network string, at time.Time) {
 	fmt.Fprintf(w, `apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata:
   name: istio-eastwestgateway
   namespace: istio-system
   labels:
-    topology.istio.io/network: network1
+    topology.istio.io/network: %s
     istio.io/expose-istiod: "15012"
 spec:
   gatewayClassName: istio-eastwest
@@ -410,7 +435,7 @@ status:
     message: Resource programmed
     observedGeneration: 1
     lastTransitionTime: %q
-`, at.Format(time.RFC3339))
+`, network, at.Format(time.RFC3339))
 }
 
 // WritePod writes pod p with its Ready condition.

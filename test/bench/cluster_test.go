@@ -170,7 +170,7 @@ func TestRewritesDecode(t *testing.T) {
 				t.Errorf("heartbeat = %v, want %v", n.Status.Conditions[0].LastHeartbeatTime, later)
 			}
 		}},
-		{"gateway status", func(b *bytes.Buffer) { WriteGateway(b, later) }, func(t *testing.T, o runtime.Object) {
+		{"gateway status", func(b *bytes.Buffer) { WriteGateway(b, "network1", later) }, func(t *testing.T, o runtime.Object) {
 			g := o.(*gatewayv1.Gateway)
 			if !g.Status.Conditions[0].LastTransitionTime.Time.Equal(later) {
 				t.Errorf("condition time = %v, want %v", g.Status.Conditions[0].LastTransitionTime, later)

@@ -247,7 +247,7 @@ func (s *session) scenario(name string) (stepFunc, error) {
 		}, nil
 	case ScenarioGatewayStatus:
 		return func(ctx context.Context, k int) (time.Duration, time.Duration, error) {
-			return 0, 0, s.noop(GatewayFile, func(w io.Writer) { WriteGateway(w, Start.Add(time.Duration(k+1)*time.Minute)) })
+			return 0, 0, s.noop(GatewayFile, func(w io.Writer) { WriteGateway(w, s.cluster.network(), Start.Add(time.Duration(k+1)*time.Minute)) })
 		}, nil
 	}
 	return nil, fmt.Errorf("unknown scenario %q (known: %s)", name, strings.Join(Scenarios, ", "))

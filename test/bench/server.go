@@ -39,6 +39,12 @@ type Server struct {
 // StartServer runs the target (peerd or the baseline: both take these
 // flags) on configDir. Its output goes to a log file in workDir.
 func StartServer(t Target, clusterName, configDir, workDir string) (*Server, error) {
+	return startServer(t, clusterName, configDir, workDir, "")
+}
+
+// startServer is StartServer with the TLS listener on listen ("" for none)
+// and t.Args before the common flags.
+func startServer(t Target, clusterName, configDir, workDir, listen string) (*Server, error) {
 	xdsAddr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -47,7 +53,7 @@ func StartServer(t Target, clusterName, configDir, workDir string) (*Server, err
 	if err != nil {
 		return nil, err
 	}
-	args := slices.Concat(t.Args, []string{"--cluster-name", clusterName, "--config-dir", configDir, "--listen", "",
+	args := slices.Concat(t.Args, []string{"--cluster-name", clusterName, "--config-dir", configDir, "--listen", listen,
 		"--plaintext-listen", xdsAddr, "--monitoring-listen", monAddr})
 	name := t.Name
 	logPath := filepath.Join(workDir, name+".log")
