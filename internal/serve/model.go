@@ -34,7 +34,6 @@ type modelLoop struct {
 	federations *xds.Cache
 	links       *peers.Manager
 	vips        vipStore
-	arrivals    *arrivals
 	convergence prometheus.Histogram
 	// gateways is the model loop's copy of every Gateway, so that links get
 	// the whole set on each change without a snapshot of the index.
@@ -133,17 +132,27 @@ func (m *modelLoop) update() {
 	}
 	m.addresses.Update(upserts, delta.Deletes)
 	m.publishExports(delta)
-	if m.arrivals != nil {
-		for _, at := range m.arrivals.take(changes) {
-			m.convergence.Observe(time.Since(at).Seconds())
-		}
-	}
+	m.observeConvergence(changes)
 	m.updates.Inc()
 	m.changedObjects.Add(float64(len(changes)))
 	if delta.WarningsChanged {
 		m.report(m.model.Warnings())
 	}
 	m.reportRejected(m.addresses.RejectedErrors())
+}
+
+// observeConvergence records, for each imported service version just
+// pushed, the time since it arrived from its peer (restored state carries
+// no arrival time and is not measured).
+func (m *modelLoop) observeConvergence(changes []discovery.Change) {
+	if m.convergence == nil {
+		return
+	}
+	for _, ch := range changes {
+		if is, ok := ch.Object.(*federation.ImportedService); ok && !is.Received.IsZero() {
+			m.convergence.Observe(time.Since(is.Received).Seconds())
+		}
+	}
 }
 
 // syncLinks hands the link manager the Gateways whenever one changed.

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,7 +25,7 @@ const linksDir = "links"
 // newPeers makes the peer links' manager. Links dial with peerd's own
 // identity (identity nil: no --listen, so no certificate; links then fail
 // with a clear error rather than going out in the clear).
-func newPeers(opts Options, index *discovery.Index, identity *certs.Credentials, arrivals *arrivals, log *zap.Logger, reg prometheus.Registerer) (*peers.Manager, error) {
+func newPeers(opts Options, index *discovery.Index, identity *certs.Credentials, log *zap.Logger, reg prometheus.Registerer) (*peers.Manager, error) {
 	var store peers.Store
 	if opts.StateDir != "" {
 		s, err := peers.NewDirStore(filepath.Join(opts.StateDir, linksDir))
@@ -62,48 +60,7 @@ func newPeers(opts Options, index *discovery.Index, identity *certs.Credentials,
 		SyncTimeout: opts.PeerSyncTimeout,
 		Logger:      log,
 		Registerer:  reg,
-		OnArrival:   arrivals.record,
 	})
-}
-
-// arrivals remembers when each imported object's latest version arrived
-// from its peer, until the model loop has pushed it: the two ends of the
-// convergence histogram.
-type arrivals struct {
-	mu sync.Mutex
-	at map[discovery.Key]time.Time
-}
-
-func newArrivals() *arrivals { return &arrivals{at: map[discovery.Key]time.Time{}} }
-
-// record is peers.Options.OnArrival; the first arrival of a key still
-// waiting to be pushed is kept, so the histogram measures the longest wait.
-func (a *arrivals) record(at time.Time, keys []discovery.Key) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	for _, k := range keys {
-		if _, ok := a.at[k]; !ok {
-			a.at[k] = at
-		}
-	}
-}
-
-// take returns and forgets the arrival time of each of changes' keys that
-// has one.
-func (a *arrivals) take(changes []discovery.Change) []time.Time {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if len(a.at) == 0 {
-		return nil
-	}
-	var out []time.Time
-	for _, ch := range changes {
-		if t, ok := a.at[ch.Key]; ok {
-			out = append(out, t)
-			delete(a.at, ch.Key)
-		}
-	}
-	return out
 }
 
 // gateReady wraps an authorization hook: ztunnel's types are answered only

@@ -91,8 +91,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	arrivals := newArrivals()
-	links, err := newPeers(opts, index, identity, arrivals, log, reg)
+	links, err := newPeers(opts, index, identity, log, reg)
 	if err != nil {
 		return err
 	}
@@ -161,7 +160,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 		VIPs:            savedVIPs,
 	}, index, addresses, events, log, reg)
 	model.federations, model.links, model.vips = federations, links, vips
-	model.arrivals, model.convergence = arrivals, convergence
+	model.convergence = convergence
 	model.gateways = map[discovery.Key]*gatewayv1.Gateway{}
 	model.update()
 	// The first load decodes every object, and its garbage is several

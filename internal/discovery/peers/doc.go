@@ -27,8 +27,10 @@
 //     Manager.mu, never before. The subscriber callbacks (Validate,
 //     OnUpdate, OnState) take only their link's mu, write to the Index under
 //     it (so an Unlink or a TTL withdrawal can never be overtaken by a late
-//     upsert), and never call out while holding it; OnArrival runs with no
-//     lock held.
+//     upsert), and never call out while holding it. Each imported object
+//     carries the time its version arrived (federation.ImportedService's
+//     Received), so the model loop measures convergence from the object it
+//     applies, with no side channel to race with.
 //   - Each subscriber runs on a goroutine of its own and carries a
 //     generation: a restarted, unlinked or stopped subscriber's callbacks
 //     are ignored.

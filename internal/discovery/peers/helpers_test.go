@@ -207,15 +207,14 @@ func remoteGateway(cluster string, port int, opts ...gatewayOpt) *gatewayv1.Gate
 
 // env is a manager on a fake clock with the in-test subscriber.
 type env struct {
-	t        *testing.T
-	index    *discovery.Index
-	clock    *testingclock.FakeClock
-	reg      *prometheus.Registry
-	logs     *observer.ObservedLogs
-	m        *Manager
-	arrivals *countingInt
-	cancel   context.CancelFunc
-	done     chan error
+	t      *testing.T
+	index  *discovery.Index
+	clock  *testingclock.FakeClock
+	reg    *prometheus.Registry
+	logs   *observer.ObservedLogs
+	m      *Manager
+	cancel context.CancelFunc
+	done   chan error
 }
 
 var epoch = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
@@ -238,7 +237,7 @@ func newEnv(t *testing.T, o envOpts) *env {
 	core, logs := observer.New(zapcore.InfoLevel)
 	e := &env{
 		t: t, index: o.index, clock: o.clock, reg: prometheus.NewRegistry(), logs: logs,
-		arrivals: &countingInt{}, done: make(chan error, 1),
+		done: make(chan error, 1),
 	}
 	m, err := NewManager(Options{
 		LocalCluster: "cluster1",
@@ -255,7 +254,6 @@ func newEnv(t *testing.T, o envOpts) *env {
 		Clock:       e.clock,
 		Logger:      zap.New(core),
 		Registerer:  e.reg,
-		OnArrival:   func(time.Time, []discovery.Key) { e.arrivals.add() },
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -48,6 +48,8 @@ type resource struct {
 	// body is the encoding as received: saved and resumed from as is.
 	body    []byte
 	service *federationpb.FederatedService
+	// received is when this version arrived (zero when restored).
+	received time.Time
 }
 
 // link is one istio-remote Gateway's link to a peer.
@@ -163,7 +165,11 @@ func importedKey(cluster string, s *federationpb.FederatedService) discovery.Key
 // putLocked holds r under name and writes it to the index. Must be called
 // under l.mu.
 func (l *link) putLocked(index *discovery.Index, name string, r resource) (discovery.Key, bool) {
-	if err := index.Upsert(l.source, federation.NewImported(l.cluster, r.service)); err != nil {
+	imported := federation.NewImported(l.cluster, r.service)
+	// The model loop measures convergence from this arrival time, read
+	// from the very object it applies (zero for restored state).
+	imported.Received = r.received
+	if err := index.Upsert(l.source, imported); err != nil {
 		// Cannot happen for a resource that passed federation.Validate;
 		// logged rather than dropped silently should that ever change.
 		l.log.Error("imported service not accepted by the index", zap.String("resource", name), zap.Error(err))

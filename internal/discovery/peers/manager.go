@@ -79,11 +79,6 @@ type Options struct {
 	// Logger (nothing when nil) and Registerer (no metrics when nil).
 	Logger     *zap.Logger
 	Registerer prometheus.Registerer
-	// OnArrival, when set, is called after each update was written to the
-	// index with the time it arrived and the keys it changed, from the
-	// link's goroutine, with no lock held: the hook for the convergence
-	// histogram (arrival -> push to ztunnel streams). It must not block.
-	OnArrival func(at time.Time, keys []discovery.Key)
 }
 
 // Manager runs one link per istio-remote Gateway and feeds what the peers
@@ -522,7 +517,7 @@ func (m *Manager) onUpdate(l *link, gen uint64, u Update) {
 			continue // Validate NACKed it, counted and logged it already
 		}
 		delete(l.badResources, r.GetName())
-		if key, ok := l.putLocked(m.index, r.GetName(), resource{version: r.GetVersion(), body: r.GetResource().GetValue(), service: msg}); ok {
+		if key, ok := l.putLocked(m.index, r.GetName(), resource{version: r.GetVersion(), body: r.GetResource().GetValue(), service: msg, received: now}); ok {
 			keys = append(keys, key)
 		}
 	}
@@ -545,9 +540,6 @@ func (m *Manager) onUpdate(l *link, gen uint64, u Update) {
 	l.mu.Unlock()
 	if synced || dirty {
 		m.wake()
-	}
-	if len(keys) > 0 && m.opts.OnArrival != nil {
-		m.opts.OnArrival(now, keys)
 	}
 }
 
