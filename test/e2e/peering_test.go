@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"net/netip"
 	"slices"
 	"strconv"
@@ -270,6 +271,12 @@ func TestPeeringCapacityTracksRemoteReadiness(t *testing.T) {
 	waitCapacity(t, z, key, "cluster2", 0, workloadpb.WorkloadStatus_UNHEALTHY)
 	setReady(t, c2, "10-echo-pods.yaml", true)
 	waitCapacity(t, z, key, "cluster2", 2, workloadpb.WorkloadStatus_HEALTHY)
+
+	// cluster1 measured each of those changes from its arrival to its push.
+	c1 := m.Cluster("cluster1")
+	if n, _, err := c1.Metric(context.Background(), "peerd_peer_convergence_seconds_count"); err != nil || n < 3 {
+		t.Errorf("peerd_peer_convergence_seconds_count = %v (%v); want the 3 remote changes measured at least", n, err)
+	}
 }
 
 // waitCapacity waits until cluster's split-horizon workload for key has
