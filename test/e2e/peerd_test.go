@@ -4,8 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/peerd-mesh/peerd/test/ports"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -47,12 +47,11 @@ func repoPath(parts ...string) string {
 // surface as a clear start-up failure, not a wrong result.
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := ports.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // peerdProcess is a running peerd binary.

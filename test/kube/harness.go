@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/peerd-mesh/peerd/test/ports"
 	"io"
 	"net"
 	"net/http"
@@ -427,15 +428,17 @@ func httpCheck(ctx context.Context, client *http.Client, url string, header http
 	return nil
 }
 
-// freePort asks the kernel for an unused loopback port. Another process can
-// take it before the child binds it; the start functions retry on that.
+// freePort returns an unused loopback port outside the ephemeral range
+// (see test/ports); 0 when there is none, which the start functions'
+// retries handle like a port taken meanwhile.
 func freePort() int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := ports.Free()
 	if err != nil {
 		return 0
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	_, port, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 // goModDownload returns the directory of module@version in the module cache,

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"github.com/peerd-mesh/peerd/test/ports"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -231,14 +231,6 @@ func (m *Mesh) Close() {
 	m.closers = nil
 }
 
-// freePort reserves a loopback port for a child process. The port is
-// released before the child binds it; a collision on loopback is unlikely
-// and surfaces as a start-up failure, never as a wrong result.
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+// freePort picks a loopback port for a child process (see test/ports:
+// outside the ephemeral range, so no client connection takes it first).
+func freePort() (string, error) { return ports.Free() }
