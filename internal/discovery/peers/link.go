@@ -164,7 +164,7 @@ func importedKey(cluster string, s *federationpb.FederatedService) discovery.Key
 
 // putLocked holds r under name and writes it to the index. Must be called
 // under l.mu.
-func (l *link) putLocked(index *discovery.Index, name string, r resource) (discovery.Key, bool) {
+func (l *link) putLocked(index *discovery.Index, name string, r resource) {
 	imported := federation.NewImported(l.cluster, r.service)
 	// The model loop measures convergence from this arrival time, read
 	// from the very object it applies (zero for restored state).
@@ -173,35 +173,31 @@ func (l *link) putLocked(index *discovery.Index, name string, r resource) (disco
 		// Cannot happen for a resource that passed federation.Validate;
 		// logged rather than dropped silently should that ever change.
 		l.log.Error("imported service not accepted by the index", zap.String("resource", name), zap.Error(err))
-		return discovery.Key{}, false
+		return
 	}
 	l.resources[name] = r
 	l.dirty = true
-	return importedKey(l.cluster, r.service), true
 }
 
 // dropLocked withdraws name from the index. Must be called under l.mu.
-func (l *link) dropLocked(index *discovery.Index, name string) (discovery.Key, bool) {
+func (l *link) dropLocked(index *discovery.Index, name string) {
 	r, ok := l.resources[name]
 	if !ok {
-		return discovery.Key{}, false
+		return
 	}
-	key := importedKey(l.cluster, r.service)
-	index.DeleteKey(l.source, key)
+	index.DeleteKey(l.source, importedKey(l.cluster, r.service))
 	delete(l.resources, name)
 	l.dirty = true
-	return key, true
 }
 
-// withdrawAllLocked withdraws every held service. Must be called under l.mu.
-func (l *link) withdrawAllLocked(index *discovery.Index) []discovery.Key {
-	var keys []discovery.Key
+// withdrawAllLocked withdraws every held service and returns how many.
+// Must be called under l.mu.
+func (l *link) withdrawAllLocked(index *discovery.Index) int {
+	n := len(l.resources)
 	for _, name := range slices.Sorted(maps.Keys(l.resources)) {
-		if key, ok := l.dropLocked(index, name); ok {
-			keys = append(keys, key)
-		}
+		l.dropLocked(index, name)
 	}
-	return keys
+	return n
 }
 
 // saveLocked encodes the link's state for the store. lostAt overrides a

@@ -415,12 +415,12 @@ func (m *Manager) unlinkLocked(name string, l *link, now time.Time) {
 		l.cancel()
 		l.cancel = nil
 	}
-	keys := l.withdrawAllLocked(m.index)
+	withdrawn := l.withdrawAllLocked(m.index)
 	l.setStateLocked(StateWithdrawn, now)
 	l.mu.Unlock()
 	m.setError(linkSubject(l.cluster), nil)
 	m.deletes[l.cluster] = true
-	l.log.Info("unlinked: the Gateway is gone; its services are withdrawn", zap.Int("services", len(keys)))
+	l.log.Info("unlinked: the Gateway is gone; its services are withdrawn", zap.Int("services", withdrawn))
 }
 
 // startLocked starts a new subscriber for l (replacing the running one),
@@ -504,7 +504,6 @@ func (m *Manager) validate(l *link, gen uint64, typeURL string, r *discoveryv3.R
 // onUpdate writes a response's accepted resources into the index.
 func (m *Manager) onUpdate(l *link, gen uint64, u Update) {
 	now := m.clock.Now()
-	var keys []discovery.Key
 	l.mu.Lock()
 	if l.gen != gen || l.removed {
 		l.mu.Unlock()
@@ -517,15 +516,11 @@ func (m *Manager) onUpdate(l *link, gen uint64, u Update) {
 			continue // Validate NACKed it, counted and logged it already
 		}
 		delete(l.badResources, r.GetName())
-		if key, ok := l.putLocked(m.index, r.GetName(), resource{version: r.GetVersion(), body: r.GetResource().GetValue(), service: msg, received: now}); ok {
-			keys = append(keys, key)
-		}
+		l.putLocked(m.index, r.GetName(), resource{version: r.GetVersion(), body: r.GetResource().GetValue(), service: msg, received: now})
 	}
 	for _, name := range u.Removed {
 		delete(l.badResources, name)
-		if key, ok := l.dropLocked(m.index, name); ok {
-			keys = append(keys, key)
-		}
+		l.dropLocked(m.index, name)
 	}
 	synced := u.Synced && l.state != StateSynced
 	if u.Synced {
@@ -714,13 +709,13 @@ func (m *Manager) tick(now time.Time) time.Time {
 // link no longer holds what it had told the peer it holds. Must be called
 // under m.mu and l.mu.
 func (m *Manager) expireLocked(l *link, now time.Time) {
-	keys := l.withdrawAllLocked(m.index)
+	withdrawn := l.withdrawAllLocked(m.index)
 	l.expired = true
 	if l.state != StateRejected {
 		l.setStateLocked(StateWithdrawn, now)
 	}
 	l.log.Warn("link lost for longer than the stale TTL; its services are withdrawn",
-		zap.Time("lost_at", l.lostAt), zap.Duration("stale_ttl", m.opts.StaleTTL), zap.Int("services", len(keys)))
+		zap.Time("lost_at", l.lostAt), zap.Duration("stale_ttl", m.opts.StaleTTL), zap.Int("services", withdrawn))
 	m.startLocked(l)
 }
 
