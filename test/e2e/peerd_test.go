@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/peerd-mesh/peerd/test/mesh"
 	"github.com/peerd-mesh/peerd/test/ports"
 	"io"
 	"net/http"
@@ -238,24 +239,9 @@ func copyDir(t *testing.T, src string) string {
 func (p *peerdProcess) metric(t *testing.T, name string, labelFragments ...string) (float64, bool) {
 	t.Helper()
 	_, body := p.get("/metrics")
-	var total float64
-	found := false
-lines:
-	for _, line := range strings.Split(body, "\n") {
-		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
-			continue
-		}
-		for _, f := range labelFragments {
-			if !strings.Contains(line, f) {
-				continue lines
-			}
-		}
-		var v float64
-		if _, err := fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v); err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
-		}
-		total += v
-		found = true
+	total, found, err := mesh.ParseMetric(body, name, labelFragments...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return total, found
 }

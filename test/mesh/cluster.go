@@ -172,7 +172,7 @@ func (c *Cluster) Metric(ctx context.Context, name string, labelFragments ...str
 	if code != http.StatusOK {
 		return 0, false, fmt.Errorf("/metrics: status %d", code)
 	}
-	return parseMetric(body, name, labelFragments...)
+	return ParseMetric(body, name, labelFragments...)
 }
 
 // ManifestPath is the path of a file in the config dir.

@@ -121,9 +121,9 @@ func httpGet(ctx context.Context, url string) (int, string, error) {
 	return resp.StatusCode, string(body), err
 }
 
-// parseMetric sums the samples of a Prometheus text exposition whose line
+// ParseMetric sums the samples of a Prometheus text exposition whose line
 // contains every label fragment; found says whether any line matched.
-func parseMetric(body, name string, labelFragments ...string) (total float64, found bool, err error) {
+func ParseMetric(body, name string, labelFragments ...string) (total float64, found bool, err error) {
 lines:
 	for _, line := range strings.Split(body, "\n") {
 		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
