@@ -449,12 +449,16 @@ func (m *Model) recomputeService(key objectKey, d *dirty) {
 // newServiceInfo maps a Service and keeps what workloads join with; nil
 // when the Service is not published.
 func newServiceInfo(in serviceInput, w *warnings) *serviceInfo {
+	sc := serviceScope(in.svc, in.namespace, w)
+	if sc == scopeGlobalOnly {
+		in.defaultDistribution = distributionNetwork
+	}
 	svc := serviceResource(in, w)
 	if svc == nil {
 		return nil
 	}
 	info := &serviceInfo{svc: svc, selector: in.svc.Spec.Selector, portNames: make(map[uint32]servicePortName, len(in.svc.Spec.Ports)),
-		scope: serviceScope(in.svc, in.namespace, w)}
+		scope: sc}
 	for _, p := range in.svc.Spec.Ports {
 		info.portNames[uint32(p.Port)] = servicePortName{portName: p.Name, targetPortName: p.TargetPort.StrVal}
 	}

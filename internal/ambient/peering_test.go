@@ -242,13 +242,16 @@ func TestGlobalOnly(t *testing.T) {
 		remote    *federation.ImportedService
 		plainSANs []string
 		plainEPs  []string
+		// plainPreferNetwork: the plain Service keeps traffic on the local
+		// network by default, as the global service does.
+		plainPreferNetwork bool
 	}{
 		{name: "Service global-only -> plain Service has the remote endpoints and SANs",
 			local: appService(scopeGlobalOnlyLabel), remote: imported("c2", "hello", "app"),
-			plainSANs: []string{remoteSAN}, plainEPs: []string{nameAppPod, nameSplitC2}},
+			plainSANs: []string{remoteSAN}, plainEPs: []string{nameAppPod, nameSplitC2}, plainPreferNetwork: true},
 		{name: "namespace global-only -> the same",
 			local: appService(), nsLabel: ScopeGlobalOnly, remote: imported("c2", "hello", "app"),
-			plainSANs: []string{remoteSAN}, plainEPs: []string{nameAppPod, nameSplitC2}},
+			plainSANs: []string{remoteSAN}, plainEPs: []string{nameAppPod, nameSplitC2}, plainPreferNetwork: true},
 		{name: "Service global -> plain Service stays local",
 			local: appService(scopeGlobalLabel), remote: imported("c2", "hello", "app"),
 			plainEPs: []string{nameAppPod}},
@@ -274,6 +277,12 @@ func TestGlobalOnly(t *testing.T) {
 			if d := cmp.Diff(tt.plainEPs, endpointsOf(out, nameAppPlain)); d != "" {
 				t.Errorf("plain Service endpoints (-want +got):\n%s", d)
 			}
+			var wantLB *workloadpb.LoadBalancing
+			if tt.plainPreferNetwork {
+				wantLB = &workloadpb.LoadBalancing{Mode: workloadpb.LoadBalancing_FAILOVER,
+					RoutingPreference: []workloadpb.LoadBalancing_Scope{workloadpb.LoadBalancing_NETWORK}}
+			}
+			diffProto(t, wantLB, addressesByName(out)[nameAppPlain].GetService().GetLoadBalancing())
 			if d := cmp.Diff([]string{nameAppPod, nameSplitC2}, endpointsOf(out, nameAppGlobal)); d != "" {
 				t.Errorf("global service endpoints (-want +got):\n%s", d)
 			}

@@ -17,6 +17,11 @@ type serviceInput struct {
 	svc     *corev1.Service
 	// namespace of the Service; nil when unknown (its annotations are then absent).
 	namespace *corev1.Namespace
+	// defaultDistribution applies when neither the Service nor its
+	// namespace asks for one: none for a local Service; PreferNetwork for a
+	// global-only one, whose plain name also carries remote endpoints and
+	// must keep traffic local while local endpoints are healthy.
+	defaultDistribution trafficDistribution
 }
 
 // serviceResource maps a Kubernetes Service to its WDS Service, or nil when
@@ -53,7 +58,7 @@ func serviceResource(in serviceInput, w *warnings) *workloadpb.Service {
 		Hostname:      serviceHostname(s.Name, s.Namespace, in.cfg.DomainSuffix),
 		Addresses:     addresses,
 		Ports:         servicePorts(s),
-		LoadBalancing: loadBalancing(loadBalancingInput{service: s, namespaceAnnotations: nsAnnotations}, w),
+		LoadBalancing: loadBalancing(loadBalancingInput{service: s, namespaceAnnotations: nsAnnotations, fallback: in.defaultDistribution}, w),
 		IpFamilies:    ipFamilies(s.Spec.IPFamilies),
 		// A Kubernetes Service always owns its hostname.
 		Canonical: true,
