@@ -41,9 +41,11 @@ var ErrTornRecord = errors.New("torn or damaged journal record")
 
 // The journal of a link is the file "link-<cluster>.journal" next to its
 // snapshot: a sequence of frames, each the record's length (4 bytes, big
-// endian), the CRC-32C of the record (4 bytes) and the record. The checksum
-// tells a torn tail (a crash during a write) from a record: a file system
-// may extend the file before the data reaches it.
+// endian), the CRC-32C of the length and the record (4 bytes) and the
+// record. The checksum tells a torn tail (a crash during a write) from a
+// record: a file system may extend the file before the data reaches it,
+// and zeros must not read as an empty record (the CRC of nothing is 0,
+// hence the length in it).
 const (
 	journalSuffix = ".journal"
 	frameHeader   = 8
@@ -109,9 +111,13 @@ func (s *DirStore) removeJournal(cluster string) error {
 func frame(record []byte) []byte {
 	out := make([]byte, frameHeader+len(record))
 	binary.BigEndian.PutUint32(out, uint32(len(record)))
-	binary.BigEndian.PutUint32(out[4:], crc32.Checksum(record, crc32c))
 	copy(out[frameHeader:], record)
+	binary.BigEndian.PutUint32(out[4:], frameChecksum(out[:4], record))
 	return out
+}
+
+func frameChecksum(length, record []byte) uint32 {
+	return crc32.Update(crc32.Checksum(length, crc32c), crc32c, record)
 }
 
 // unframe splits a journal into its records; the records are sub-slices
@@ -128,7 +134,7 @@ func unframe(b []byte) ([][]byte, error) {
 			return records, fmt.Errorf("record %d (byte %d): %w: %d bytes of %d", len(records)+1, off, ErrTornRecord, len(rest)-frameHeader, n)
 		}
 		record := rest[frameHeader : frameHeader+int(n)]
-		if crc32.Checksum(record, crc32c) != binary.BigEndian.Uint32(rest[4:]) {
+		if frameChecksum(rest[:4], record) != binary.BigEndian.Uint32(rest[4:]) {
 			return records, fmt.Errorf("record %d (byte %d): %w: checksum mismatch", len(records)+1, off, ErrTornRecord)
 		}
 		records = append(records, record)
