@@ -68,7 +68,13 @@
 //   - Each link's state is written at most once per SaveInterval; changes in
 //     between are coalesced into the next write. DirStore writes a
 //     temporary file and renames it: a crash leaves the old or the new
-//     state, never a mix.
+//     state, never a mix. With a Journal store (DirStore) a write of few
+//     changes is a record of just those, appended to the link's journal,
+//     so its cost follows what changed, not the link's size; a snapshot
+//     replaces the journal once the changes are many or the journal would
+//     outgrow it, and at Stop. Records name the snapshot they extend, so a
+//     journal that outlived its snapshot is skipped, and a torn last record
+//     is ignored (logged, counted).
 //   - Synced latches: it becomes true once every current link has synced
 //     at least once, or SyncTimeout passed since the first Sync (warned
 //     once, naming the links still waiting), and stays true: a link added

@@ -96,6 +96,7 @@ type link struct {
 	// last saved (writes are rate-limited per link).
 	dirty   bool
 	savedAt time.Time
+	journal linkJournal
 }
 
 func newLink(cfg federation.Link, log *zap.Logger) *link {
@@ -177,6 +178,7 @@ func (l *link) putLocked(index *discovery.Index, name string, r resource) {
 	}
 	l.resources[name] = r
 	l.dirty = true
+	l.journal.touch(name)
 }
 
 // dropLocked withdraws name from the index. Must be called under l.mu.
@@ -188,6 +190,7 @@ func (l *link) dropLocked(index *discovery.Index, name string) {
 	index.DeleteKey(l.source, importedKey(l.cluster, r.service))
 	delete(l.resources, name)
 	l.dirty = true
+	l.journal.touch(name)
 }
 
 // withdrawAllLocked withdraws every held service and returns how many.
@@ -204,12 +207,13 @@ func (l *link) withdrawAllLocked(index *discovery.Index) int {
 // zero l.lostAt (the final save at shutdown). Must be called under l.mu.
 func (l *link) saveLocked(now, lostAt time.Time) ([]byte, error) {
 	s := savedLink{
-		Format:  savedFormat,
-		Cluster: l.cluster,
-		Gateway: l.cfg.Gateway,
-		State:   l.state,
-		LostAt:  l.lostAt,
-		SavedAt: now,
+		Format:     savedFormat,
+		Cluster:    l.cluster,
+		Gateway:    l.cfg.Gateway,
+		State:      l.state,
+		Generation: l.journal.generation,
+		LostAt:     l.lostAt,
+		SavedAt:    now,
 	}
 	if s.LostAt.IsZero() {
 		s.LostAt = lostAt

@@ -181,6 +181,7 @@ func (m *Manager) loadStore() {
 			m.log.Warn("saved link state partly or wholly unreadable", zap.String("cluster", cluster), zap.Error(err))
 		}
 		if s != nil {
+			m.loadJournal(cluster, s, res)
 			m.restored[cluster] = &restoredLink{saved: s, resources: res}
 		}
 	}

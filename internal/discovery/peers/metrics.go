@@ -11,6 +11,7 @@ type metrics struct {
 	m               *Manager
 	gatewayProblems prometheus.Counter
 	saveErrors      prometheus.Counter
+	journalDamaged  prometheus.Counter
 
 	state      *prometheus.Desc
 	lastMsgAge *prometheus.Desc
@@ -30,6 +31,10 @@ func newMetrics(m *Manager, reg prometheus.Registerer) *metrics {
 		saveErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "peerd_peer_state_save_errors_total",
 			Help: "Failed writes or deletions of a link's saved state.",
+		}),
+		journalDamaged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "peerd_peer_state_journal_damaged_total",
+			Help: "Saved link journals found torn or damaged at start (the records from the damage on are ignored).",
 		}),
 		state: prometheus.NewDesc("peerd_peer_link_state",
 			"1 for the state each link is in (connecting, synced, stale, withdrawn, rejected), 0 for the others.",
@@ -51,7 +56,7 @@ func newMetrics(m *Manager, reg prometheus.Registerer) *metrics {
 			nil, nil),
 	}
 	if reg != nil {
-		reg.MustRegister(x, x.gatewayProblems, x.saveErrors)
+		reg.MustRegister(x, x.gatewayProblems, x.saveErrors, x.journalDamaged)
 	}
 	return x
 }

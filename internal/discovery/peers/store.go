@@ -35,10 +35,12 @@ type Store interface {
 	Delete(cluster string) error
 }
 
-// DirStore is a Store in a directory: one file per link,
+// DirStore is a Store and a Journal in a directory: one snapshot per link,
 // "link-<cluster>.json", written to a temporary file and renamed over the
-// old one.
+// old one, and the records appended since, "link-<cluster>.journal".
 type DirStore struct{ dir string }
+
+var _ Journal = (*DirStore)(nil)
 
 // NewDirStore returns a store in dir, creating dir (mode 0700: the state
 // names every service of the linked clusters) when missing.
@@ -89,7 +91,9 @@ func (s *DirStore) Load() (map[string][]byte, error) {
 }
 
 // Save implements Store: write a temporary file in the same directory,
-// sync it, rename it over the old one.
+// sync it, rename it over the old one, then remove the journal the new
+// snapshot replaces. A crash in between leaves records of an older
+// generation, which Load skips (see replay).
 func (s *DirStore) Save(cluster string, state []byte) error {
 	f, err := os.CreateTemp(s.dir, ".tmp-"+filePrefix+"*")
 	if err != nil {
@@ -110,11 +114,18 @@ func (s *DirStore) Save(cluster string, state []byte) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("state dir: saving link %s: %w", cluster, err)
 	}
+	if err := s.removeJournal(cluster); err != nil {
+		return fmt.Errorf("state dir: saving link %s: %w", cluster, err)
+	}
 	return nil
 }
 
-// Delete implements Store.
+// Delete implements Store. The journal goes first: a crash in between
+// leaves a snapshot (as a failed Delete would), never records without one.
 func (s *DirStore) Delete(cluster string) error {
+	if err := s.removeJournal(cluster); err != nil {
+		return fmt.Errorf("state dir: %w", err)
+	}
 	if err := os.Remove(s.fileName(cluster)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("state dir: %w", err)
 	}
@@ -132,6 +143,9 @@ type savedLink struct {
 	Cluster string `json:"cluster"`
 	Gateway string `json:"gateway"`
 	State   State  `json:"state"`
+	// Generation identifies this snapshot for the journal records that
+	// extend it (zero: none can; see Journal and replay).
+	Generation uint64 `json:"generation,omitempty"`
 	// LostAt is when the link was lost (zero: it was not). The final save
 	// at shutdown sets it for a link that was still up: the shutdown is
 	// the last moment this peerd knew the peer was there.
@@ -167,33 +181,47 @@ func decodeSaved(cluster string, b []byte) (*savedLink, map[string]resource, err
 	res := make(map[string]resource, len(s.Items))
 	var errs []error
 	for i, it := range s.Items {
-		msg := &federationpb.FederatedService{}
-		err := proto.Unmarshal(it.Proto, msg)
-		if err == nil {
-			err = federation.Validate(it.Name, msg)
-		}
+		r, err := decodeSavedResource(it)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("saved state of link %s: resources[%d] (%s): %w", cluster, i, it.Name, err))
 			continue
 		}
-		res[it.Name] = resource{version: it.Version, body: it.Proto, service: msg}
+		res[it.Name] = r
 	}
 	return &s, res, errors.Join(errs...)
 }
 
+// decodeSavedResource reads one saved resource: a FederatedService that
+// passes federation.Validate under its name.
+func decodeSavedResource(it savedResource) (resource, error) {
+	msg := &federationpb.FederatedService{}
+	err := proto.Unmarshal(it.Proto, msg)
+	if err == nil {
+		err = federation.Validate(it.Name, msg)
+	}
+	if err != nil {
+		return resource{}, err
+	}
+	return resource{version: it.Version, body: it.Proto, service: msg}, nil
+}
+
 // persist writes what is due to the store: deletions first, then each
 // dirty link at most once per SaveInterval (all of them when final, with
-// the links that are up marked lost now). It returns the next time a save
-// is due. Only the loop (and Run, after the loop) calls it, so writes never
-// run concurrently.
+// the links that are up marked lost now, as snapshots). A save is a
+// journal record of what changed when the store is a Journal and the
+// changes are few (see nextSaveLocked), else a snapshot. It returns the
+// next time a save is due. Only the loop (and Run, after the loop) calls
+// it, so writes never run concurrently.
 func (m *Manager) persist(now time.Time, final bool) time.Time {
 	if m.opts.Store == nil {
 		return time.Time{}
 	}
+	journal, canAppend := m.opts.Store.(Journal)
 	type write struct {
-		l       *link
-		cluster string
-		data    []byte
+		l        *link
+		cluster  string
+		data     []byte
+		isRecord bool
 	}
 	var (
 		next   time.Time
@@ -216,16 +244,12 @@ func (m *Manager) persist(now time.Time, final bool) time.Time {
 			l.mu.Unlock()
 			continue
 		}
-		var lostAt time.Time
-		if final {
-			lostAt = now
-		}
-		data, err := l.saveLocked(now, lostAt)
+		data, isRecord, err := l.nextSaveLocked(now, final, canAppend)
 		if err != nil {
 			l.log.Error("link state not saved", zap.Error(err))
 			m.metrics.saveErrors.Inc()
 		} else {
-			writes = append(writes, write{l, l.cluster, data})
+			writes = append(writes, write{l, l.cluster, data, isRecord})
 		}
 		l.dirty, l.savedAt = false, now
 		l.mu.Unlock()
@@ -239,11 +263,19 @@ func (m *Manager) persist(now time.Time, final bool) time.Time {
 		}
 	}
 	for _, w := range writes {
-		if err := m.opts.Store.Save(w.cluster, w.data); err != nil {
+		var err error
+		if w.isRecord {
+			err = journal.Append(w.cluster, w.data)
+		} else {
+			err = m.opts.Store.Save(w.cluster, w.data)
+		}
+		if err != nil {
 			w.l.log.Warn("link state not saved; retrying", zap.Duration("in", SaveInterval), zap.Error(err))
 			m.metrics.saveErrors.Inc()
 			w.l.mu.Lock()
-			w.l.dirty = true
+			// The changes of this write are no longer tracked, and what
+			// the store holds is uncertain: the retry is a snapshot.
+			w.l.dirty, w.l.journal.generation = true, 0
 			w.l.mu.Unlock()
 			if due := now.Add(SaveInterval); next.IsZero() || due.Before(next) {
 				next = due
