@@ -8,8 +8,8 @@
 // withdrawn, rejected) with its last message, last error, failures and
 // rejections by reason, the stale TTL, the readiness of the peer sources
 // (Synced, WaitSynced), the persisted last known state of every link
-// (Store; DirStore in file mode), /debug/peers' data (Status) and the
-// per-link metrics.
+// (Store; DirStore in file mode, KubeStore's Secrets in Kubernetes mode),
+// /debug/peers' data (Status) and the per-link metrics.
 //
 // What it must never do: trust the peer about who it is (the cluster of an
 // imported service is the link Gateway's, never the peer's), derive
@@ -65,8 +65,8 @@
 //     link was down or this peerd was stopped arrive as removals.
 //   - Each link's state is written at most once per SaveInterval; changes in
 //     between are coalesced into the next write. DirStore writes a
-//     temporary file and renames it: a crash leaves the old or the new
-//     state, never a mix.
+//     temporary file and renames it, KubeStore replaces one Secret per
+//     link: a crash leaves the old or the new state, never a mix.
 //   - Synced latches: it becomes true once every current link has synced
 //     at least once, or SyncTimeout passed since the first Sync (warned
 //     once, naming the links still waiting), and stays true: a link added
