@@ -13,7 +13,9 @@
 //
 // Each Secret holds one gzip-compressed payload under PayloadKey. The
 // payloads are JSON that repeats its field names and hostnames, so gzip
-// raises the number of services one object can hold; a payload that is
+// raises the number of services one object can hold (a link state shrinks
+// about 5:1, some 20,000 simple services per Secret: see the peers
+// package's BenchmarkLinkStateSize); a payload that is
 // still too large after compression is an error naming the object, never a
 // truncated write. Writes never run concurrently within one process (each
 // caller is single-threaded); between replicas the last writer wins.
@@ -72,7 +74,7 @@ type Object struct {
 // a concurrent writer are retried on a fresh copy: each write is atomic, and
 // the last one wins.
 func Put(ctx context.Context, secrets corev1client.SecretInterface, o Object) error {
-	data, err := compress(o.Payload)
+	data, err := Compress(o.Payload)
 	if err != nil {
 		return fmt.Errorf("secret %s: %w", o.Name, err)
 	}
@@ -205,10 +207,10 @@ func Delete(ctx context.Context, secrets corev1client.SecretInterface, name stri
 	return nil
 }
 
-// compress gzips b. The output depends only on b (no timestamp in the
-// header), so replicas that agree write identical bytes and Put can skip
-// the write.
-func compress(b []byte) ([]byte, error) {
+// Compress gzips b the way Put stores it. The output depends only on b (no
+// timestamp in the header), so replicas that agree write identical bytes
+// and Put can skip the write.
+func Compress(b []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
 	if err != nil {

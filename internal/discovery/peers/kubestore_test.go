@@ -2,9 +2,13 @@ package peers
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
 	"strings"
 	"testing"
 
+	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -104,6 +108,29 @@ func TestKubeStore(t *testing.T) {
 	if err := s.Save("cluster9", []byte("z")); err == nil || !strings.Contains(err.Error(), "not peerd's") {
 		t.Errorf("Save over a foreign Secret = %v, want a refusal", err)
 	}
+	// peerd's Secret for another cluster under the same name (a hash
+	// collision of sanitised names): not overwritten.
+	if err := kubestate.Put(ctx, secrets, kubestate.Object{Name: LinkObjectName("cluster7"), Kind: LinkStateKind,
+		Annotations: map[string]string{ClusterAnnotation: "Cluster7"}, Payload: []byte("d")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save("cluster7", []byte("e")); err == nil || !strings.Contains(err.Error(), `cluster "Cluster7"`) {
+		t.Errorf("Save over another cluster's state = %v, want a refusal naming it", err)
+	}
+	// A labelled Secret without the annotation is reported; the rest load.
+	if err := kubestate.Put(ctx, secrets, kubestate.Object{Name: "peerd-link-anonymous", Kind: LinkStateKind, Payload: []byte("f")}); err != nil {
+		t.Fatal(err)
+	}
+	got, err = s.Load()
+	if err == nil || !strings.Contains(err.Error(), "secret peerd-link-anonymous") || len(got) != 3 {
+		t.Errorf("Load with an unannotated Secret = %q, %v; want the 3 others and an error naming it", got, err)
+	}
+	for _, name := range []string{"peerd-link-anonymous", LinkObjectName("cluster7")} {
+		if err := kubestate.Delete(ctx, secrets, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+
 	if err := s.Delete("cluster2"); err != nil {
 		t.Fatal(err)
 	}
@@ -148,4 +175,34 @@ func TestKubeStoreRefusesTooLargeState(t *testing.T) {
 func TestRestartDuringPartitionKubeStore(t *testing.T) {
 	_, s := startKubeStore(t)
 	testRestartDuringPartition(t, s)
+}
+
+// BenchmarkLinkStateSize reports what one imported service costs in a
+// link's saved state, as JSON and as KubeStore stores it (gzip), and so
+// how many services one Secret (kubestate.MaxPayload) holds.
+func BenchmarkLinkStateSize(b *testing.B) {
+	const services = 1000
+	s := savedLink{Format: savedFormat, Cluster: "cluster2", Gateway: "istio-gateways/cluster2", State: StateSynced, SavedAt: epoch}
+	for i := range services {
+		msg := svc(fmt.Sprintf("team-%d", i%37), fmt.Sprintf("service-%d", i), uint32(i%5))
+		body, err := proto.Marshal(msg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sum := sha256.Sum256(body)
+		s.Items = append(s.Items, savedResource{Name: msg.GetNamespace() + "/" + msg.GetName(), Version: hex.EncodeToString(sum[:]), Proto: body})
+	}
+	var raw, packed []byte
+	for b.Loop() {
+		var err error
+		if raw, err = s.encode(); err != nil {
+			b.Fatal(err)
+		}
+		if packed, err = kubestate.Compress(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(len(raw))/services, "json-B/service")
+	b.ReportMetric(float64(len(packed))/services, "gzip-B/service")
+	b.ReportMetric(float64(kubestate.MaxPayload)/(float64(len(packed))/services), "services/secret")
 }
