@@ -14,6 +14,7 @@ import (
 	"github.com/peerd-mesh/peerd/internal/discovery/peers"
 	"github.com/peerd-mesh/peerd/internal/kubestate"
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
+	"github.com/peerd-mesh/peerd/test/mesh"
 	"github.com/peerd-mesh/peerd/test/ztunnel"
 )
 
@@ -161,4 +162,53 @@ func ipv4Only(vips []string) []string {
 		}
 	}
 	return out
+}
+
+// TestKubernetesModeRestartDuringPartitionKeepsServing: a peerd in
+// Kubernetes mode (cluster1, against a real API server) links to cluster2 of
+// a file-mode mesh and imports its services; it restarts while cluster2's
+// gateway blackholes everything. The link state it saved in the API lets the
+// restarted process (a new pod: nothing on its disk) serve cluster2's
+// services at once, within the TTL.
+func TestKubernetesModeRestartDuringPartitionKeepsServing(t *testing.T) {
+	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
+	m := startLinkedMesh(t, func(o *mesh.Options) {
+		o.Clusters = o.Clusters[:2]
+		o.StaleTTL = 10 * time.Minute
+	})
+	c1, c2 := m.Cluster("cluster1"), m.Cluster("cluster2")
+	// The mesh's file-mode cluster1 gives the names, CA and manifests; the
+	// peerd under test replaces it.
+	c1.Stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := kube.ApplyDir(ctx, c1.Manifests); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := discovery.DecodeManifests("link.yaml", []byte(mesh.LinkGateway(c2, mesh.LinkOptions{})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.Apply(ctx, objs); err != nil {
+		t.Fatal(err)
+	}
+	args := func() []string {
+		return []string{"--cluster-name", c1.Name, "--network", c1.Network, "--trust-domain", c1.TrustDomain,
+			"--kubeconfig", kube.Kubeconfig, "--ca-dir", c1.CADir, "--listen", freePort(t),
+			"--peer-stale-ttl", "10m", "--peer-sync-timeout", "3s", "--drain-duration", "0s"}
+	}
+	first := startPeerd(t, peerdOptions{Args: args()})
+	z := connectZtunnel(t, ztunnel.Config{Target: first.PlaintextAddr, ClusterID: c1.Name, Network: c1.Network})
+	greeter := globalKey("hello", "greeter") // exported by cluster2 only
+	waitEndpointClusters(t, z, greeter, "cluster2")
+
+	c2.Relay.Pause()
+	first.Stop()
+	second := startPeerd(t, peerdOptions{Args: args()})
+	fresh := connectZtunnel(t, ztunnel.Config{Target: second.PlaintextAddr, ClusterID: c1.Name, Network: c1.Network})
+	waitEndpointClusters(t, fresh, greeter, "cluster2")
+	waitEndpointClusters(t, fresh, globalKey("hello", "echo"), "cluster1", "cluster2")
+
+	c2.Relay.Resume()
+	waitEndpointClusters(t, fresh, greeter, "cluster2")
 }
