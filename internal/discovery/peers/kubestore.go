@@ -35,8 +35,9 @@ const (
 // KubeStore is the Kubernetes-mode Store: each link's state in a Secret
 // "peerd-link-<cluster>" of the system namespace (see internal/kubestate for
 // why Secrets, the labels and the compression). Several replicas each write
-// their own view; the last writer wins, and replicas that agree write
-// identical bytes, which the API server is not even asked to store.
+// their own view and the last writer wins (a state carries its save time,
+// so replicas overwrite each other even when they agree); a single writer
+// comes with leader election.
 type KubeStore struct {
 	secrets corev1client.SecretInterface
 }
