@@ -57,7 +57,7 @@ func newServeCommand() *cobra.Command {
 	f.DurationVar(&opts.DrainDuration, "drain-duration", opts.DrainDuration, "on SIGTERM, how long open streams get before peerd exits; their ends are spread over it so clients reconnect to other replicas gradually (0: end them all at once)")
 	f.DurationVar(&opts.PeerStaleTTL, "peer-stale-ttl", opts.PeerStaleTTL, "how long a lost peer's services are kept, from the moment the link is lost")
 	f.DurationVar(&opts.PeerSyncTimeout, "peer-sync-timeout", opts.PeerSyncTimeout, "how long /readyz and the opening of the xDS listeners wait for peer links that have not synced")
-	f.StringVar(&opts.StateDir, "state-dir", opts.StateDir, "directory for what must outlive a restart: each link's last known state and the VIPs of global services (empty: nothing is kept)")
+	f.StringVar(&opts.StateDir, "state-dir", opts.StateDir, "file mode: directory for what must outlive a restart, each link's last known state and the VIPs of global services (empty: nothing is kept); Kubernetes mode keeps them in Secrets of the system namespace")
 	f.BoolVar(&opts.SkipValidateTrustDomain, "skip-validate-trust-domain", opts.SkipValidateTrustDomain, "accept a peer whose certificate names another trust domain than its link Gateway's gateway.istio.io/trust-domain (the chain must still lead to the root)")
 	f.StringVar(&opts.ServiceAccount, "service-account", opts.ServiceAccount, "peerd's service account: its identity is spiffe://<trust-domain>/ns/<system-namespace>/sa/<service-account>, and peers must present the same namespace and account")
 	f.Var(prefixFlag{&opts.VIPv4Range}, "vip-ipv4-range", "IPv4 range the VIPs of global services are allocated from")

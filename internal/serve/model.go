@@ -178,8 +178,8 @@ func (m *modelLoop) syncLinks(changes []discovery.Change) {
 	}
 }
 
-// publishExports serves what the model exports to peers and keeps the VIP
-// allocations under --state-dir.
+// publishExports serves what the model exports to peers and saves the VIP
+// allocations (under --state-dir, or in the API in Kubernetes mode).
 func (m *modelLoop) publishExports(delta ambient.Delta) {
 	if m.federations != nil && (len(delta.Exports) > 0 || len(delta.Unexports) > 0) {
 		upserts := make([]xds.Resource, 0, len(delta.Exports))
@@ -188,7 +188,7 @@ func (m *modelLoop) publishExports(delta ambient.Delta) {
 		}
 		m.federations.Update(upserts, delta.Unexports)
 	}
-	if delta.VIPsChanged {
+	if delta.VIPsChanged && m.vips != nil {
 		if err := m.vips.save(m.model.VIPs()); err != nil {
 			// The VIPs in force stay; only a restart could move them.
 			m.log.Error("could not save the VIPs of global services; a restart may give them new ones", zap.Error(err))

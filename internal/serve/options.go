@@ -54,6 +54,7 @@ type Options struct {
 	// StateDir keeps what must outlive a restart in file mode: the last
 	// known state of every link and the VIPs of global services. Empty:
 	// nothing is kept (a restart during a partition forgets the peer).
+	// Kubernetes mode keeps both in Secrets of SystemNamespace instead.
 	StateDir string
 	// SkipValidateTrustDomain accepts a peer whose certificate names another
 	// trust domain than its link Gateway's annotation (as istiod's

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/credentials"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/peerd-mesh/peerd/internal/ambient"
 	"github.com/peerd-mesh/peerd/internal/certs"
@@ -25,15 +26,7 @@ const linksDir = "links"
 // newPeers makes the peer links' manager. Links dial with peerd's own
 // identity (identity nil: no --listen, so no certificate; links then fail
 // with a clear error rather than going out in the clear).
-func newPeers(opts Options, index *discovery.Index, identity *certs.Credentials, log *zap.Logger, reg prometheus.Registerer) (*peers.Manager, error) {
-	var store peers.Store
-	if opts.StateDir != "" {
-		s, err := peers.NewDirStore(filepath.Join(opts.StateDir, linksDir))
-		if err != nil {
-			return nil, fmt.Errorf("--state-dir %s: %w", opts.StateDir, err)
-		}
-		store = s
-	}
+func newPeers(opts Options, store peers.Store, index *discovery.Index, identity *certs.Credentials, log *zap.Logger, reg prometheus.Registerer) (*peers.Manager, error) {
 	var creds func(federation.Link) credentials.TransportCredentials
 	if identity != nil {
 		creds = func(l federation.Link) credentials.TransportCredentials {
@@ -108,14 +101,29 @@ func peerReadiness(links *peers.Manager) (bool, []string) {
 	return ready, lines
 }
 
-// prepareStateDir creates --state-dir (owner only: it holds what peers
-// exported) and returns the VIP store in it.
-func prepareStateDir(dir string) (vipStore, error) {
-	if dir == "" {
-		return vipStore{}, nil
+// stateStores returns where the VIPs and the links' last known states
+// outlive a restart. In Kubernetes mode (kube set) that is the API, in the
+// system namespace, so a rescheduled pod and every replica have them; in
+// file mode it is --state-dir (created owner-only: it holds what peers
+// exported), and nothing is kept without it (a nil peers.Store).
+func stateStores(opts Options, kube kubernetes.Interface, log *zap.Logger) (vipStore, peers.Store, error) {
+	if kube != nil {
+		if opts.StateDir != "" {
+			log.Warn("--state-dir is not used in Kubernetes mode: the VIPs and link states are kept in the API",
+				zap.String("state_dir", opts.StateDir), zap.String("namespace", opts.SystemNamespace))
+		}
+		vips := vipKube{secrets: kube.CoreV1().Secrets(opts.SystemNamespace), namespace: opts.SystemNamespace}
+		return vips, peers.NewKubeStore(kube, opts.SystemNamespace), nil
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return vipStore{}, fmt.Errorf("--state-dir: %w", err)
+	if opts.StateDir == "" {
+		return vipDir{}, nil, nil
 	}
-	return vipStore{dir: dir}, nil
+	if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("--state-dir: %w", err)
+	}
+	links, err := peers.NewDirStore(filepath.Join(opts.StateDir, linksDir))
+	if err != nil {
+		return nil, nil, fmt.Errorf("--state-dir %s: %w", opts.StateDir, err)
+	}
+	return vipDir{dir: opts.StateDir}, links, nil
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -83,7 +84,21 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	addresses := xds.NewCache(xds.AddressTypeURL)
 	authorizations := xds.NewCache(xds.AuthorizationTypeURL)
 	federations := xds.NewCache(federation.TypeURL)
-	vips, err := prepareStateDir(opts.StateDir)
+	// Kubernetes mode: the source and the state stores share one config.
+	var (
+		kubeCfg    *rest.Config
+		kubeClient kubernetes.Interface
+		err        error
+	)
+	if opts.ConfigDir == "" {
+		if kubeCfg, err = kubeConfig(opts.Kubeconfig); err != nil {
+			return err
+		}
+		if kubeClient, err = kubernetes.NewForConfig(kubeCfg); err != nil {
+			return fmt.Errorf("kubernetes client: %w", err)
+		}
+	}
+	vips, linkStore, err := stateStores(opts, kubeClient, log)
 	if err != nil {
 		return err
 	}
@@ -91,7 +106,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	links, err := newPeers(opts, index, identity, log, reg)
+	links, err := newPeers(opts, linkStore, index, identity, log, reg)
 	if err != nil {
 		return err
 	}
@@ -126,7 +141,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 			zap.String("listen", opts.Listen))
 	}
 
-	sources, events, err := startSources(ctx, opts, index, log, reg)
+	sources, events, err := startSources(ctx, opts, kubeCfg, index, log, reg)
 	if err != nil {
 		return err
 	}
@@ -280,16 +295,13 @@ func newGRPCServer(opts Options, creds credentials.TransportCredentials, drain *
 	return grpc.NewServer(serverOpts...)
 }
 
-// startSources builds the configured source and returns its run function
-// and, for Kubernetes, the recorder of warning Events.
-func startSources(ctx context.Context, opts Options, index *discovery.Index, log *zap.Logger, reg prometheus.Registerer) ([]func(context.Context) error, *warningEvents, error) {
+// startSources builds the configured source (the files of --config-dir, or
+// Kubernetes through cfg) and returns its run function and, for Kubernetes,
+// the recorder of warning Events.
+func startSources(ctx context.Context, opts Options, cfg *rest.Config, index *discovery.Index, log *zap.Logger, reg prometheus.Registerer) ([]func(context.Context) error, *warningEvents, error) {
 	if opts.ConfigDir != "" {
 		files := discovery.NewFileSource(opts.ConfigDir, index, log.Named("files"), discovery.FileSourceOptions{MaxFileSize: opts.MaxFileSize, Registerer: reg})
 		return []func(context.Context) error{files.Run}, nil, nil
-	}
-	cfg, err := kubeConfig(opts.Kubeconfig)
-	if err != nil {
-		return nil, nil, err
 	}
 	kube, err := discovery.NewKubeSource(cfg, index, log.Named("kube"))
 	if err != nil {

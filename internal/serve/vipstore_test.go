@@ -11,7 +11,7 @@ import (
 )
 
 func TestVIPStoreRoundTrip(t *testing.T) {
-	s := vipStore{dir: t.TempDir()}
+	s := vipDir{dir: t.TempDir()}
 	got, err := s.load()
 	if err != nil || got != nil {
 		t.Fatalf("load of an empty dir = %v, %v; want nothing", got, err)
@@ -36,17 +36,17 @@ func TestVIPStoreRefusesDamagedFile(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, vipFile), []byte(`{"version":1,"vips":{"a":["not-an-ip"]}}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, err := vipStore{dir: dir}.load()
+	_, err := vipDir{dir: dir}.load()
 	if err == nil || !strings.Contains(err.Error(), vipFile) {
 		t.Fatalf("load = %v; want an error naming %s", err, vipFile)
 	}
 }
 
 func TestVIPStoreWithoutDirKeepsNothing(t *testing.T) {
-	if err := (vipStore{}).save(map[string][]netip.Addr{"a": nil}); err != nil {
+	if err := (vipDir{}).save(map[string][]netip.Addr{"a": nil}); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := (vipStore{}).load(); got != nil || err != nil {
+	if got, err := (vipDir{}).load(); got != nil || err != nil {
 		t.Fatalf("load = %v, %v", got, err)
 	}
 }

@@ -8,8 +8,8 @@
 // withdrawn, rejected) with its last message, last error, failures and
 // rejections by reason, the stale TTL, the readiness of the peer sources
 // (Synced, WaitSynced), the persisted last known state of every link
-// (Store; DirStore in file mode), /debug/peers' data (Status) and the
-// per-link metrics.
+// (Store; DirStore in file mode, KubeStore's Secrets in Kubernetes mode),
+// /debug/peers' data (Status) and the per-link metrics.
 //
 // What it must never do: trust the peer about who it is (the cluster of an
 // imported service is the link Gateway's, never the peer's), derive
@@ -67,8 +67,9 @@
 //     link was down or this peerd was stopped arrive as removals.
 //   - Each link's state is written at most once per SaveInterval; changes in
 //     between are coalesced into the next write. DirStore writes a
-//     temporary file and renames it: a crash leaves the old or the new
-//     state, never a mix. With a Journal store (DirStore) a write of few
+//     temporary file and renames it, KubeStore replaces one Secret per
+//     link: a crash leaves the old or the new state, never a mix. With a
+//     Journal store (DirStore) a write of few
 //     changes is a record of just those, appended to the link's journal,
 //     so its cost follows what changed, not the link's size; a snapshot
 //     replaces the journal once the changes are many or the journal would

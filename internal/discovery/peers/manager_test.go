@@ -358,11 +358,17 @@ func TestSyncTimeout(t *testing.T) {
 }
 
 func TestRestartDuringPartitionKeepsServicesUntilTTL(t *testing.T) {
-	dir := t.TempDir()
-	store, err := NewDirStore(dir)
+	store, err := NewDirStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
+	testRestartDuringPartition(t, store)
+}
+
+// testRestartDuringPartition runs three Managers in turn on store, as three
+// processes, across a partition: each store must bring the state back.
+func testRestartDuringPartition(t *testing.T, store Store) {
+	t.Helper()
 	p := newPeer(t)
 	p.set(svc("apps", "echo", 2), svc("apps", "web", 1))
 	first := newEnv(t, envOpts{store: store})
