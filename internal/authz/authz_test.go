@@ -258,6 +258,14 @@ func TestPolicyOverTLS(t *testing.T) {
 	s := newServer(t, m)
 	_, peerCreds, _ := identity(t, m.mesh, "c2", peerdIn("cluster2.local"))
 	_, workload, _ := identity(t, m.mesh, "c2", certs.Identity{TrustDomain: "cluster2.local", Namespace: "hello", ServiceAccount: "default"})
+	// A mesh workload dials as a TLS client of the mesh presenting its own
+	// certificate (a link would refuse peerd's: it is not the workload's peer).
+	workloadTLS := ztunnelTLS(t, m)
+	workloadCert, err := workload.Certificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	workloadTLS.Certificates = []tls.Certificate{*workloadCert}
 	peerLink := peerCreds.PeerClientTLS("cluster1.local", false)
 
 	t.Run("peer gets federation data", func(t *testing.T) {
@@ -290,7 +298,7 @@ func TestPolicyOverTLS(t *testing.T) {
 		}
 	})
 	t.Run("mesh workload is denied federation data", func(t *testing.T) {
-		open(t, dial(t, s.addr, workload.PeerClientTLS("cluster1.local", false)), federation.TypeURL).
+		open(t, dial(t, s.addr, workloadTLS), federation.TypeURL).
 			mustBeDenied("this client is spiffe://cluster2.local/ns/hello/sa/default")
 		if got := s.denied("peerd.federation.v1.FederatedService", authz.Other, authz.ReasonNotPeerd); got != 1 {
 			t.Errorf("denied{identity=other,reason=not_peerd_identity} = %v, want 1", got)
@@ -299,7 +307,7 @@ func TestPolicyOverTLS(t *testing.T) {
 	t.Run("mesh workload with a certificate gets Address", func(t *testing.T) {
 		// Not a peer: ztunnel's types are refused to peer identities only
 		// (ztunnel's token check comes later).
-		st := open(t, dial(t, s.addr, workload.PeerClientTLS("cluster1.local", false)), xds.AddressTypeURL)
+		st := open(t, dial(t, s.addr, workloadTLS), xds.AddressTypeURL)
 		if m := st.mustRecv(); len(m.GetResources()) != 1 {
 			t.Fatalf("Address response = %v", m)
 		}

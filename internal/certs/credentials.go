@@ -63,6 +63,9 @@ const (
 	ReasonInvalidCertificate = "invalid_certificate"
 	ReasonNoSPIFFEID         = "no_spiffe_id"
 	ReasonTrustDomain        = "trust_domain"
+	// ReasonNotPeerd: a certificate under the root, but a workload's, not a
+	// peerd's (another namespace or service account).
+	ReasonNotPeerd = "not_peerd_identity"
 	// ReasonRemoteRejected: the other end refused our certificate (a TLS
 	// alert); its own log says why.
 	ReasonRemoteRejected = "remote_rejected_ours"
@@ -258,6 +261,13 @@ func (c *Credentials) verifyPeer(certs []*x509.Certificate, expectedTrustDomain 
 	if err != nil {
 		return &RejectionError{Reason: ReasonNoSPIFFEID, Presented: presented, err: err,
 			msg: fmt.Sprintf("%s: %v", presented, err)}
+	}
+	// Every cluster's workloads hold certificates under the same root, many
+	// with the server usage: only peerd's own identity (the same namespace
+	// and service account as ours) may speak for a linked cluster.
+	if id.Namespace != c.id.Namespace || id.ServiceAccount != c.id.ServiceAccount {
+		return &RejectionError{Reason: ReasonNotPeerd, Presented: presented,
+			msg: fmt.Sprintf("%s is not a peerd identity (namespace %s, service account %s)", id, c.id.Namespace, c.id.ServiceAccount)}
 	}
 	if skipTrustDomain || id.TrustDomain == expectedTrustDomain {
 		return nil

@@ -167,6 +167,17 @@ func TestPeerLinkHandshakes(t *testing.T) {
 	_, server := newCredentials(t, caDir(t, mesh, "c1"), "cluster1.local", now)
 	_, peer := newCredentials(t, caDir(t, mesh, "c2"), "cluster2.local", now)
 	_, stranger := newCredentials(t, caDir(t, other, "x"), "cluster1.local", now)
+	// A workload of cluster1 under the same root (its certificate has the
+	// server usage, as Istio's workload certificates do), not peerd.
+	workloadCA, reg := newAuthority(t, caDir(t, mesh, "c1"), now)
+	workload, err := NewCredentials(workloadCA, CredentialsOptions{
+		Identity:   Identity{TrustDomain: "cluster1.local", Namespace: "hello", ServiceAccount: "default"},
+		SANs:       []string{"127.0.0.1"},
+		Registerer: reg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ztunnel, err := ClientTLSConfig(filepath.Join(mesh, RootCertFile), "peerd.istio-system.svc")
 	if err != nil {
 		t.Fatal(err)
@@ -192,6 +203,8 @@ func TestPeerLinkHandshakes(t *testing.T) {
 		{name: "client under another root is refused at the handshake", server: server, client: presenting(t, stranger),
 			wantClient: "unknown certificate authority", counted: [2]string{"server", ReasonUnknownAuthority}, counter: server},
 		{name: "ztunnel without a client certificate", server: server, client: ztunnel},
+		{name: "a workload posing as the peer is refused by the link", server: workload, client: peer.PeerClientTLS("cluster1.local", false),
+			wantClient: "spiffe://cluster1.local/ns/hello/sa/default is not a peerd identity", counted: [2]string{"client", ReasonNotPeerd}, counter: peer},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var before float64
