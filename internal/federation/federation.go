@@ -3,7 +3,6 @@ package federation
 import (
 	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"time"
 
@@ -12,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/peerd-mesh/peerd/internal/certs"
 	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
 )
 
@@ -78,6 +78,11 @@ func (s *ImportedService) Equal(o *ImportedService) bool {
 const (
 	MaxPorts = 1024
 	MaxSANs  = 4096
+	// MaxSANLength, MaxProtocolLength and MaxDistributionLength bound the
+	// free-form strings; real values are far shorter.
+	MaxSANLength          = 512
+	MaxProtocolLength     = 253
+	MaxDistributionLength = 64
 )
 
 // Validate checks a received summary whose resource name is name. The error
@@ -121,6 +126,12 @@ func Validate(name string, s *federationpb.FederatedService) error {
 		default:
 			field(path+".protocol", "%q is not TCP, UDP or SCTP", p.GetProtocol())
 		}
+		if n := len(p.GetName()); n > 63 {
+			field(path+".name", "%d bytes, at most 63 (a DNS label)", n)
+		}
+		if n := len(p.GetAppProtocol()); n > MaxProtocolLength {
+			field(path+".app_protocol", "%d bytes, at most %d", n, MaxProtocolLength)
+		}
 		if seen[p.GetPort()] {
 			field(path+".port", "%d listed twice", p.GetPort())
 		}
@@ -130,10 +141,15 @@ func Validate(name string, s *federationpb.FederatedService) error {
 		field("subject_alt_names", "%d names, at most %d", len(s.GetSubjectAltNames()), MaxSANs)
 	} else {
 		for i, san := range s.GetSubjectAltNames() {
-			if err := checkSPIFFE(san); err != nil {
-				field(fmt.Sprintf("subject_alt_names[%d]", i), "%q: %v", san, err)
+			if len(san) > MaxSANLength {
+				field(fmt.Sprintf("subject_alt_names[%d]", i), "%d bytes, at most %d", len(san), MaxSANLength)
+			} else if _, err := certs.ParseSPIFFE(san); err != nil {
+				field(fmt.Sprintf("subject_alt_names[%d]", i), "%v", err)
 			}
 		}
+	}
+	if n := len(s.GetTrafficDistribution()); n > MaxDistributionLength {
+		field("traffic_distribution", "%d bytes, at most %d", n, MaxDistributionLength)
 	}
 	if l := s.GetLocality(); len(l.GetRegion()) > 253 || len(l.GetZone()) > 253 {
 		field("locality", "region or zone longer than 253 bytes")
@@ -144,21 +160,4 @@ func Validate(name string, s *federationpb.FederatedService) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// checkSPIFFE accepts spiffe://<trust-domain>/ns/<ns>/sa/<sa>, the only form
-// ztunnel builds identities in.
-func checkSPIFFE(s string) error {
-	u, err := url.Parse(s)
-	if err != nil {
-		return err
-	}
-	if u.Scheme != "spiffe" || u.Host == "" {
-		return errors.New("not a spiffe:// URI with a trust domain")
-	}
-	parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
-	if len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" || parts[1] == "" || parts[3] == "" {
-		return errors.New("path is not /ns/<namespace>/sa/<service account>")
-	}
-	return nil
 }

@@ -47,12 +47,13 @@ func newPeers(opts Options, store peers.Store, index *discovery.Index, identity 
 			Node:   &corev3.Node{Id: "peerd~" + opts.ClusterName, Cluster: opts.ClusterName},
 			Logger: log,
 		}),
-		Credentials: creds,
-		Store:       store,
-		StaleTTL:    opts.PeerStaleTTL,
-		SyncTimeout: opts.PeerSyncTimeout,
-		Logger:      log,
-		Registerer:  reg,
+		Credentials:             creds,
+		Store:                   store,
+		StaleTTL:                opts.PeerStaleTTL,
+		SyncTimeout:             opts.PeerSyncTimeout,
+		SkipValidateTrustDomain: opts.SkipValidateTrustDomain,
+		Logger:                  log,
+		Registerer:              reg,
 	})
 }
 

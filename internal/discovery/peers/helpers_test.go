@@ -224,6 +224,8 @@ type envOpts struct {
 	credentials func(federation.Link) credentials.TransportCredentials
 	clock       *testingclock.FakeClock
 	index       *discovery.Index
+	skipTD      bool
+	maxServices int
 }
 
 func newEnv(t *testing.T, o envOpts) *env {
@@ -247,13 +249,15 @@ func newEnv(t *testing.T, o envOpts) *env {
 			// Fast retries: the tests stop and start peers.
 			Backoff: xds.Backoff{Initial: time.Millisecond, Max: 20 * time.Millisecond},
 		}),
-		Store:       o.store,
-		Credentials: o.credentials,
-		StaleTTL:    5 * time.Minute,
-		SyncTimeout: 30 * time.Second,
-		Clock:       e.clock,
-		Logger:      zap.New(core),
-		Registerer:  e.reg,
+		Store:                   o.store,
+		Credentials:             o.credentials,
+		SkipValidateTrustDomain: o.skipTD,
+		MaxServicesPerLink:      o.maxServices,
+		StaleTTL:                5 * time.Minute,
+		SyncTimeout:             30 * time.Second,
+		Clock:                   e.clock,
+		Logger:                  zap.New(core),
+		Registerer:              e.reg,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -97,6 +97,9 @@ type link struct {
 	dirty   bool
 	savedAt time.Time
 	journal linkJournal
+	// admitted are names of the response being validated that passed and
+	// are not held yet: they count towards MaxServicesPerLink until applied.
+	admitted map[string]bool
 }
 
 func newLink(cfg federation.Link, log *zap.Logger) *link {

@@ -18,8 +18,10 @@ import (
 	"k8s.io/utils/clock"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	"github.com/peerd-mesh/peerd/internal/federation"
+	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
 )
 
 // DefaultStaleTTL is how long a lost link's services are kept. Five
@@ -73,6 +75,13 @@ type Options struct {
 	// (DefaultSyncTimeout when zero).
 	StaleTTL    time.Duration
 	SyncTimeout time.Duration
+	// SkipValidateTrustDomain accepts imported identities (SANs) of any
+	// trust domain; by default each must be in the link's trust domain, so
+	// a peer cannot make ztunnel accept another cluster's identities.
+	SkipValidateTrustDomain bool
+	// MaxServicesPerLink bounds what one peer can make this peerd hold
+	// (DefaultMaxServicesPerLink when zero); more are NACKed.
+	MaxServicesPerLink int
 	// Clock drives every timestamp, TTL, timeout and save; the real clock
 	// when nil.
 	Clock clock.Clock
@@ -136,6 +145,9 @@ type restoredLink struct {
 func NewManager(opts Options) (*Manager, error) {
 	if opts.Index == nil || opts.NewSubscriber == nil || opts.LocalCluster == "" {
 		return nil, errors.New("peers: Index, NewSubscriber and LocalCluster are required")
+	}
+	if opts.MaxServicesPerLink <= 0 {
+		opts.MaxServicesPerLink = DefaultMaxServicesPerLink
 	}
 	if opts.StaleTTL <= 0 {
 		opts.StaleTTL = DefaultStaleTTL
@@ -481,17 +493,25 @@ func (m *Manager) runSubscriber(ctx context.Context, l *link, gen uint64, cfg Su
 // validate is the subscriber's Validate: a resource that fails is counted,
 // logged once per (name, error) and NACKed.
 func (m *Manager) validate(l *link, gen uint64, typeURL string, r *discoveryv3.Resource) error {
-	_, err := decodeResource(typeURL, r)
+	fs, err := decodeResource(typeURL, r)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err == nil {
+		err = m.checkImportLocked(l, r.GetName(), fs)
+	}
 	if err == nil {
 		return nil
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	if l.gen != gen || l.removed {
 		return err
 	}
 	l.rejections[ReasonInvalidResource]++
 	l.lastError = "rejected resource " + err.Error()
+	if _, seen := l.badResources[r.GetName()]; !seen && len(l.badResources) >= maxBadResources {
+		// A peer inventing names must not grow this record (or the log)
+		// without bound: counted above, remembered no more.
+		return err
+	}
 	if l.badResources[r.GetName()] != err.Error() {
 		l.badResources[r.GetName()] = err.Error()
 		held, ok := l.resources[r.GetName()]
@@ -502,6 +522,58 @@ func (m *Manager) validate(l *link, gen uint64, typeURL string, r *discoveryv3.R
 	return err
 }
 
+// DefaultMaxServicesPerLink: far above any real cluster's global services,
+// low enough that a peer cannot exhaust this peerd's memory (about 5 KB per
+// import) or its VIP range.
+const DefaultMaxServicesPerLink = 50_000
+
+// maxBadResources bounds the per-link record of rejected resource names.
+const maxBadResources = 1024
+
+// checkImportLocked applies what the link knows beyond federation.Validate:
+// every SAN is in the link's trust domain (unless skipped), and the link
+// holds at most MaxServicesPerLink services. Must be called under l.mu.
+func (m *Manager) checkImportLocked(l *link, name string, fs *federationpb.FederatedService) error {
+	if _, held := l.resources[name]; !held && !l.admitted[name] {
+		if len(l.resources)+len(l.admitted) >= m.opts.MaxServicesPerLink {
+			return fmt.Errorf("%s: the link already holds %d services, the most one peer may export", name, len(l.resources)+len(l.admitted))
+		}
+	}
+	if err := m.checkIdentitiesLocked(l, name, fs); err != nil {
+		return err
+	}
+	// Validate sees a response's resources before any is applied: the
+	// admitted ones count towards the cap until onUpdate holds them.
+	if l.admitted == nil {
+		l.admitted = map[string]bool{}
+	}
+	l.admitted[name] = true
+	return nil
+}
+
+// checkIdentitiesLocked: every SAN is in the link's trust domain unless
+// the check is skipped.
+func (m *Manager) checkIdentitiesLocked(l *link, name string, fs *federationpb.FederatedService) error {
+	if m.opts.SkipValidateTrustDomain {
+		return nil
+	}
+	td := cmp.Or(l.cfg.TrustDomain, defaultTrustDomain)
+	for i, san := range fs.GetSubjectAltNames() {
+		id, err := certs.ParseSPIFFE(san)
+		if err != nil {
+			return fmt.Errorf("%s: subject_alt_names[%d]: %w", name, i, err)
+		}
+		if id.TrustDomain != td {
+			return fmt.Errorf("%s: subject_alt_names[%d]: %s is in trust domain %s, the link's is %s", name, i, san, id.TrustDomain, td)
+		}
+	}
+	return nil
+}
+
+// defaultTrustDomain is a link's trust domain when its Gateway has no
+// annotation, as ztunnel reads an empty one.
+const defaultTrustDomain = "cluster.local"
+
 // onUpdate writes a response's accepted resources into the index.
 func (m *Manager) onUpdate(l *link, gen uint64, u Update) {
 	now := m.clock.Now()
@@ -511,6 +583,7 @@ func (m *Manager) onUpdate(l *link, gen uint64, u Update) {
 		return
 	}
 	l.lastMessage = now
+	clear(l.admitted)
 	for _, r := range u.Upserts {
 		msg, err := decodeResource(cmp.Or(u.TypeURL, federation.TypeURL), r)
 		if err != nil {

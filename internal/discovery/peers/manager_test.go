@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
 	"os"
 	"path/filepath"
 	"strings"
@@ -552,4 +553,69 @@ func TestSubscriberWithoutCredentials(t *testing.T) {
 	if n := e.logs.FilterMessageSnippet("subscriber ended").Len(); n != 1 {
 		t.Errorf("logged %d times, want once", n)
 	}
+}
+
+// TestImportedIdentitiesStayInTheLinksTrustDomain: a peer cannot make
+// ztunnel accept identities of another trust domain (this cluster's, say)
+// for its endpoints; --skip-validate-trust-domain lifts the check.
+func TestImportedIdentitiesStayInTheLinksTrustDomain(t *testing.T) {
+	for _, skip := range []bool{false, true} {
+		t.Run(fmt.Sprintf("skip=%v", skip), func(t *testing.T) {
+			p := newPeer(t)
+			forged := svc("apps", "forged", 3)
+			forged.SubjectAltNames = []string{"spiffe://cluster1.local/ns/prod/sa/payments"}
+			p.set(svc("apps", "echo", 2), forged)
+			e := newEnv(t, envOpts{skipTD: skip})
+			e.run()
+			e.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", p.port())})
+			e.waitState("cluster2", StateSynced)
+			if skip {
+				e.waitImported("cluster2", map[string]uint32{"apps/echo": 2, "apps/forged": 3})
+				return
+			}
+			e.waitImported("cluster2", map[string]uint32{"apps/echo": 2})
+			eventually(t, "the forged identity is NACKed", func() error {
+				st, err := e.link("cluster2")
+				if err != nil {
+					return err
+				}
+				if !strings.Contains(st.LastError, "spiffe://cluster1.local/ns/prod/sa/payments is in trust domain cluster1.local, the link's is cluster2.local") {
+					return fmt.Errorf("last error %q", st.LastError)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+// TestServicesPerLinkAreCapped: a peer exporting more than the cap gets the
+// excess NACKed (which of a response's services are in excess depends on
+// their order); what the link holds stays and can still change.
+func TestServicesPerLinkAreCapped(t *testing.T) {
+	p := newPeer(t)
+	p.set(svc("apps", "a", 1), svc("apps", "b", 1), svc("apps", "c", 1))
+	e := newEnv(t, envOpts{maxServices: 2})
+	e.run()
+	e.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", p.port())})
+	e.waitState("cluster2", StateSynced)
+	eventually(t, "the third service is NACKed", func() error {
+		if n := p.nacks(); n < 1 {
+			return fmt.Errorf("%v NACKs", n)
+		}
+		return nil
+	})
+	held := e.imported("cluster2")
+	if len(held) != 2 {
+		t.Fatalf("the link holds %v; want 2 services (the cap)", held)
+	}
+	// An update of a held service is still accepted.
+	want := map[string]uint32{}
+	var update []*federationpb.FederatedService
+	for key := range held {
+		name := strings.TrimPrefix(key, "apps/")
+		want[key] = 5
+		update = append(update, svc("apps", name, 5))
+	}
+	p.set(append(update, svc("apps", "d", 1))...)
+	e.waitImported("cluster2", want)
 }
