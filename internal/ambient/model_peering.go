@@ -149,8 +149,10 @@ func (m *Model) markImportDependents(c string, key objectKey, d *dirty) {
 // first valid one by namespace and name) and, when that changes, marks
 // everything imported from c.
 func (m *Model) recomputeLinkCluster(c string, d *dirty) {
+	// Ordered by "namespace/name" as text, exactly as the link manager
+	// picks which Gateway it dials, so both use the same one.
 	keys := slices.SortedFunc(maps.Keys(m.linksByCluster[c]), func(a, b objectKey) int {
-		return cmp.Or(cmp.Compare(a.namespace, b.namespace), cmp.Compare(a.name, b.name))
+		return cmp.Compare(a.namespace+"/"+a.name, b.namespace+"/"+b.name)
 	})
 	for _, k := range keys {
 		mark(&d.gateways, k)
@@ -207,8 +209,8 @@ func (m *Model) recomputeGateway(key objectKey, d *dirty) {
 		if active.Gateway == lg.link.Gateway {
 			out = linkGatewayAddresses(m.cfg, lg.link)
 		} else {
-			ws = []Warning{{Object: ref, Message: fmt.Sprintf("cluster %s is also linked by gateway %s, which is used: this link is ignored",
-				lg.link.Cluster, active.Gateway)}}
+			ws = append(ws, Warning{Object: ref, Message: fmt.Sprintf("cluster %s is also linked by gateway %s, which is used: this link is ignored",
+				lg.link.Cluster, active.Gateway)})
 		}
 	}
 	m.produce(ref, out, ws, d)

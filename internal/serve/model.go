@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"k8s.io/apimachinery/pkg/runtime"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/peerd-mesh/peerd/internal/ambient"
@@ -38,6 +39,8 @@ type modelLoop struct {
 	// gateways is the model loop's copy of every Gateway, so that links get
 	// the whole set on each change without a snapshot of the index.
 	gateways map[discovery.Key]*gatewayv1.Gateway
+	// goodLinks: the last version of each link Gateway that parsed.
+	goodLinks map[discovery.Key]*gatewayv1.Gateway
 
 	// reported remembers the warnings already logged, so a warning is logged
 	// once when it appears rather than on every recompute; rejected does the
@@ -58,6 +61,8 @@ type modelLoop struct {
 
 func newModelLoop(cfg ambient.Config, index *discovery.Index, addresses *xds.Cache, events *warningEvents, log *zap.Logger, reg prometheus.Registerer) *modelLoop {
 	m := &modelLoop{
+		gateways:  map[discovery.Key]*gatewayv1.Gateway{},
+		goodLinks: map[discovery.Key]*gatewayv1.Gateway{},
 		model:     ambient.NewModel(cfg),
 		index:     index,
 		addresses: addresses,
@@ -117,7 +122,7 @@ func (m *modelLoop) update() {
 	}
 	in := make([]ambient.Change, len(changes))
 	for i, ch := range changes {
-		in[i] = ambient.Change{Ref: objectRef(ch.Key), Object: ch.Object}
+		in[i] = ambient.Change{Ref: objectRef(ch.Key), Object: m.lastGoodLink(ch)}
 	}
 	delta := m.model.Apply(in)
 	m.syncLinks(changes)
@@ -153,6 +158,31 @@ func (m *modelLoop) observeConvergence(changes []discovery.Change) {
 			m.convergence.Observe(time.Since(is.Received).Seconds())
 		}
 	}
+}
+
+// lastGoodLink is what the model gets for a changed object: the object
+// itself, except for an istio-remote Gateway whose new version is not a
+// usable link while its previous version was. Then the model keeps that
+// previous version, as the link manager keeps its connection, so a typo in
+// a link Gateway does not withdraw a healthy cluster's services (and
+// release their VIPs); the manager reports the bad edit (log, /readyz).
+func (m *modelLoop) lastGoodLink(ch discovery.Change) runtime.Object {
+	if ch.Key.Kind != discovery.KindGateway {
+		return ch.Object
+	}
+	gw, _ := ch.Object.(*gatewayv1.Gateway)
+	if gw == nil || !federation.IsRemote(gw) {
+		delete(m.goodLinks, ch.Key)
+		return ch.Object
+	}
+	if _, err := federation.ParseLink(gw); err != nil {
+		if good, ok := m.goodLinks[ch.Key]; ok {
+			return good
+		}
+		return ch.Object
+	}
+	m.goodLinks[ch.Key] = gw
+	return gw
 }
 
 // syncLinks hands the link manager the Gateways whenever one changed.

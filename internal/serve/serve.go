@@ -20,7 +20,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/peerd-mesh/peerd/internal/ambient"
 	"github.com/peerd-mesh/peerd/internal/authz"
@@ -176,7 +175,6 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	}, index, addresses, events, log, reg)
 	model.federations, model.links, model.vips = federations, links, vips
 	model.convergence = convergence
-	model.gateways = map[discovery.Key]*gatewayv1.Gateway{}
 	model.update()
 	// The first load decodes every object, and its garbage is several
 	// times the heap that stays live (at 100,000 pods, about 950 MB in use
