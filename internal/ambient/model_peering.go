@@ -122,7 +122,8 @@ func (m *Model) applyImport(ref ObjectRef, is *federation.ImportedService, d *di
 		mark(&d.splits, ObjectRef{Kind: KindImportedService, Cluster: c, Namespace: key.namespace, Name: key.name})
 	}
 	if !samePorts || !slices.Equal(o.GetSubjectAltNames(), n.GetSubjectAltNames()) ||
-		o.GetTrafficDistribution() != n.GetTrafficDistribution() || !proto.Equal(o.GetCreationTime(), n.GetCreationTime()) {
+		o.GetTrafficDistribution() != n.GetTrafficDistribution() || !proto.Equal(o.GetCreationTime(), n.GetCreationTime()) ||
+		o.GetScope() != n.GetScope() { // the scope-disagreement warning
 		mark(&d.globals, key)
 		m.markPlainService(key, d)
 	}

@@ -631,10 +631,11 @@ func (m *Manager) onState(l *link, gen uint64, s ConnState) {
 		l.lastError = s.Err.Error()
 	}
 	if s.Connected {
-		if l.state == StateRejected {
-			m.setError(linkSubject(l.cluster), nil)
-			l.setStateLocked(l.disconnectedStateLocked(), now)
-		}
+		// Connected means only that the requests went out: a peer that
+		// refuses us does so after that. A rejection ends with the peer's
+		// first answer (onUpdate), or with a failure of another kind below,
+		// so a refusing peer does not flap between rejected and connecting
+		// (and log) on every retry.
 		return
 	}
 	if l.state == StateSynced {

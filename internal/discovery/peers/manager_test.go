@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -618,4 +622,34 @@ func TestServicesPerLinkAreCapped(t *testing.T) {
 	}
 	p.set(append(update, svc("apps", "d", 1))...)
 	e.waitImported("cluster2", want)
+}
+
+// TestRefusingPeerStaysRejected: a peer that refuses every stream keeps the
+// link rejected across retries; it does not flap to connecting (and log
+// the rejection again) each time the requests go out.
+func TestRefusingPeerStaysRejected(t *testing.T) {
+	var refused atomic.Int64
+	p := newPeer(t, grpc.ChainStreamInterceptor(func(any, grpc.ServerStream, *grpc.StreamServerInfo, grpc.StreamHandler) error {
+		refused.Add(1)
+		return status.Error(codes.PermissionDenied, "not a peerd identity")
+	}))
+	e := newEnv(t, envOpts{})
+	e.run()
+	e.m.Sync([]*gatewayv1.Gateway{remoteGateway("cluster2", p.port())})
+	eventually(t, "five refused streams", func() error {
+		if n := refused.Load(); n < 5 {
+			return fmt.Errorf("%d refused", n)
+		}
+		return nil
+	})
+	st, err := e.link("cluster2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != StateRejected || st.Reason != ReasonRefused {
+		t.Errorf("link = %s (%s); want rejected (refused)", st.State, st.Reason)
+	}
+	if n := e.logs.FilterMessage("peer rejected").Len(); n != 1 {
+		t.Errorf("logged %d rejections over %d refused streams; want 1", n, refused.Load())
+	}
 }
