@@ -30,6 +30,8 @@ import (
 const (
 	Anonymous = "anonymous" // no verified client certificate
 	Other     = "other"     // a verified certificate that names no peerd identity
+	// PeerdIdentity labels refusals of verified peerd identities.
+	PeerdIdentity = "peerd"
 )
 
 // Reasons of a refusal (the reason label of peerd_xds_requests_denied_total).
@@ -70,9 +72,10 @@ func (p Policy) Authorize(ctx context.Context, typeURL string) error {
 			Message: fmt.Sprintf("federation data is served only to peerd identities (spiffe://<trust-domain>/ns/%s/sa/%s); this client is %s",
 				p.SystemNamespace, p.ServiceAccount, id)}
 	case peerd:
-		// A verified peerd identity: bounded by the clusters under our
-		// root, so it may be a label.
-		return &xds.Denial{Identity: id.String(), Reason: ReasonPeerIdentity,
+		// The identity is in the message, not the label: any intermediate
+		// under the root can mint trust domains, so as a label it would
+		// bound nothing.
+		return &xds.Denial{Identity: PeerdIdentity, Reason: ReasonPeerIdentity,
 			Message: fmt.Sprintf("%s is a peer's identity: peers get federation data only, not ztunnel's types", id)}
 	default:
 		return nil

@@ -293,8 +293,8 @@ func TestPolicyOverTLS(t *testing.T) {
 	})
 	t.Run("peer identity is denied Address", func(t *testing.T) {
 		open(t, dial(t, s.addr, peerLink), xds.AddressTypeURL).mustBeDenied("is a peer's identity")
-		if got := s.denied("istio.workload.Address", "spiffe://cluster2.local/ns/istio-system/sa/peerd", authz.ReasonPeerIdentity); got != 1 {
-			t.Errorf("denied{identity=<peer>,reason=peer_identity} = %v, want 1", got)
+		if got := s.denied("istio.workload.Address", authz.PeerdIdentity, authz.ReasonPeerIdentity); got != 1 {
+			t.Errorf("denied{identity=peerd,reason=peer_identity} = %v, want 1", got)
 		}
 	})
 	t.Run("mesh workload is denied federation data", func(t *testing.T) {

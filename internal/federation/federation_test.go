@@ -47,8 +47,12 @@ func TestValidate(t *testing.T) {
 		{"port listed twice", func(s *federationpb.FederatedService) { s.Ports[1].Port = 80 }, "", "ports[1].port: 80 listed twice"},
 		{"san not spiffe", func(s *federationpb.FederatedService) { s.SubjectAltNames = []string{"https://x/ns/a/sa/b"} }, "", "subject_alt_names[0]"},
 		{"san without sa", func(s *federationpb.FederatedService) { s.SubjectAltNames = []string{"spiffe://td/ns/a"} }, "", "want /ns/<namespace>/sa/<service-account>"},
-		{"san with a port and a query", func(s *federationpb.FederatedService) { s.SubjectAltNames = []string{"spiffe://evil@TD:99/ns/a/sa/b?x#y"} }, "", "subject_alt_names[0]"},
-		{"huge san", func(s *federationpb.FederatedService) { s.SubjectAltNames = []string{"spiffe://td/ns/a/sa/" + strings.Repeat("b", 600)} }, "", "subject_alt_names[0]: 620 bytes"},
+		{"san with a port and a query", func(s *federationpb.FederatedService) {
+			s.SubjectAltNames = []string{"spiffe://evil@TD:99/ns/a/sa/b?x#y"}
+		}, "", "subject_alt_names[0]"},
+		{"huge san", func(s *federationpb.FederatedService) {
+			s.SubjectAltNames = []string{"spiffe://td/ns/a/sa/" + strings.Repeat("b", 600)}
+		}, "", "subject_alt_names[0]: 620 bytes"},
 		{"huge port name", func(s *federationpb.FederatedService) { s.Ports[0].Name = strings.Repeat("p", 64) }, "", "ports[0].name: 64 bytes"},
 		{"huge app protocol", func(s *federationpb.FederatedService) { s.Ports[0].AppProtocol = strings.Repeat("h", 300) }, "", "ports[0].app_protocol: 300 bytes"},
 		{"huge traffic distribution", func(s *federationpb.FederatedService) { s.TrafficDistribution = strings.Repeat("x", 1<<20) }, "", "traffic_distribution: 1048576 bytes"},

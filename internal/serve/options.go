@@ -138,8 +138,8 @@ func (o Options) Validate() error {
 	if o.ServiceAccount == "" {
 		errs = append(errs, errors.New("--service-account is required: it is peerd's identity towards its peers"))
 	}
-	if o.PeerStaleTTL < 0 || o.PeerSyncTimeout < 0 {
-		errs = append(errs, fmt.Errorf("--peer-stale-ttl %v, --peer-sync-timeout %v: must not be negative", o.PeerStaleTTL, o.PeerSyncTimeout))
+	if o.PeerStaleTTL <= 0 || o.PeerSyncTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("--peer-stale-ttl %v, --peer-sync-timeout %v: must be positive (a lost peer's services need some time to ride out a restart; readiness needs some time for links to sync)", o.PeerStaleTTL, o.PeerSyncTimeout))
 	}
 	if o.MaxConnectionAge < 0 {
 		errs = append(errs, fmt.Errorf("--max-connection-age %v: must not be negative", o.MaxConnectionAge))

@@ -65,7 +65,13 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 		}
 		// The CA is followed for the life of the process: a new
 		// intermediate or root bundle applies to the next handshake.
-		go func() { _ = authority.Run(ctx) }()
+		go func() {
+			// Without the watch (an inotify limit, say) CA rotations would
+			// go unnoticed: say so loudly rather than drop the error.
+			if err := authority.Run(ctx); err != nil && ctx.Err() == nil {
+				log.Error("--ca-dir is no longer followed: a new intermediate or root will not be picked up until restart", zap.String("ca_dir", opts.CADir), zap.Error(err))
+			}
+		}()
 		identity, err = certs.NewCredentials(authority, certs.CredentialsOptions{
 			Identity:   opts.identity(),
 			SANs:       opts.sans(),
@@ -126,7 +132,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	}()
 	convergence := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "peerd_peer_convergence_seconds",
-		Help:    "From a peer's update arriving to the resources it changes being in the ztunnel cache (pushed to streams from there).",
+		Help:    "From a peer's update arriving to the resources it changes being in the ztunnel cache, from which every stream is woken to send them (the sends themselves are not included).",
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 	})
 	reg.MustRegister(convergence)

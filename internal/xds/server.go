@@ -465,6 +465,11 @@ func (st *stream) authorize(typeURL string) error {
 	if err == nil {
 		return nil
 	}
+	if ctx := st.gs.Context(); ctx.Err() != nil {
+		// The stream ended while the hook waited (the client left, or the
+		// server is draining): not a refusal, and not counted as one.
+		return status.FromContextError(ctx.Err()).Err()
+	}
 	d, ok := err.(*Denial)
 	if !ok {
 		d = &Denial{Identity: "other", Reason: "other", Message: err.Error()}
