@@ -727,12 +727,18 @@ func (m *Model) Exports() []*federationpb.FederatedService {
 	return out
 }
 
-// VIPs returns the current VIP allocations of global services by hostname,
-// for the caller to persist and hand back as Config.VIPs after a restart.
-// A seeded allocation whose service has not come back in this run stays
-// reserved inside the model but is not listed: persisting VIPs drops it, and
-// the service then gets its hashed address again unless another took it.
-func (m *Model) VIPs() map[string][]netip.Addr { return m.vips.live() }
+// VIPs returns the VIP allocations of global services by hostname, for the
+// caller to persist and hand back as Config.VIPs after a restart: the live
+// ones and the seeded ones whose service has not come back yet (a second
+// restart before it does must not lose them).
+func (m *Model) VIPs() map[string][]netip.Addr { return m.vips.held() }
+
+// ReleaseUnclaimedVIPs frees the seeded allocations whose service has not
+// come back, and reports whether there were any (then VIPs changed: persist
+// it). The caller calls it once every source that could bring them back
+// has synced (the local sources and the peer links), so a service that is
+// really gone does not hold its VIPs forever.
+func (m *Model) ReleaseUnclaimedVIPs() bool { return m.vips.releaseReserved() }
 
 // Network is the local network the model currently maps addresses onto.
 func (m *Model) Network() string { return m.idx.network }

@@ -867,6 +867,45 @@ func TestVIPs(t *testing.T) {
 		}
 	})
 
+	t.Run("two restarts before a service comes back keep its reservation", func(t *testing.T) {
+		seeded := cfg
+		seeded.VIPs = m.VIPs()
+		r := NewModel(seeded)
+		r.Apply([]Change{upsert(linkC2()), remote(second)}) // first has not come back yet
+		again := cfg
+		again.VIPs = r.VIPs() // what the first restart saved
+		r2 := NewModel(again)
+		// A newcomer that hashes onto first's VIP arrives before first does:
+		// only the reservation keeps it off.
+		rng := newVIPRange(small)
+		hashed := rng.candidate(hostnameHash(globalHostname(first, "hello", DefaultGlobalSuffix)), 0)
+		third := ""
+		for i := range 1000 {
+			name := fmt.Sprintf("t%d", i)
+			if rng.candidate(hostnameHash(globalHostname(name, "hello", DefaultGlobalSuffix)), 0) == hashed {
+				third = name
+				break
+			}
+		}
+		if third == "" {
+			t.Fatal("no name hashes onto the first VIP")
+		}
+		r2.Apply([]Change{upsert(linkC2()), remote(second), remote(third)})
+		r2.Apply([]Change{remote(first)})
+		if got := v4(r2.VIPs(), first); got != firstVIP {
+			t.Errorf("%s: %s after two restarts, want %s", first, got, firstVIP)
+		}
+		if !r.ReleaseUnclaimedVIPs() {
+			t.Error("ReleaseUnclaimedVIPs found no reservation to release")
+		}
+		if _, held := r.VIPs()[globalHostname(first, "hello", DefaultGlobalSuffix)]; held {
+			t.Errorf("%s still holds its VIPs after ReleaseUnclaimedVIPs: %v", first, r.VIPs())
+		}
+		if r.ReleaseUnclaimedVIPs() {
+			t.Error("a second ReleaseUnclaimedVIPs released something again")
+		}
+	})
+
 	t.Run("without the seed the newcomer would have had the hashed address", func(t *testing.T) {
 		out := Build(cfg, Inputs{Gateways: []*gatewayv1.Gateway{linkC2()}, ImportedServices: []*federation.ImportedService{imported("c2", "hello", second)}})
 		if got := v4(out.VIPs, second); got != firstVIP {

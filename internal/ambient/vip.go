@@ -214,11 +214,30 @@ func (a *vipAllocator) release(hostname string) bool {
 	return true
 }
 
-// live returns a copy of the live allocations.
-func (a *vipAllocator) live() map[string][]netip.Addr {
-	out := make(map[string][]netip.Addr, len(a.byHost))
+// held returns a copy of the live allocations and the reservations not yet
+// claimed: both must outlive a restart.
+func (a *vipAllocator) held() map[string][]netip.Addr {
+	out := make(map[string][]netip.Addr, len(a.byHost)+len(a.reserved))
+	for h, addrs := range a.reserved {
+		out[h] = slices.Clone(addrs)
+	}
 	for h, addrs := range a.byHost {
 		out[h] = slices.Clone(addrs)
 	}
 	return out
+}
+
+// releaseReserved frees every reservation not yet claimed; false when
+// there was none.
+func (a *vipAllocator) releaseReserved() bool {
+	if len(a.reserved) == 0 {
+		return false
+	}
+	for _, addrs := range a.reserved {
+		for _, addr := range addrs {
+			delete(a.owner, addr)
+		}
+	}
+	clear(a.reserved)
+	return true
 }

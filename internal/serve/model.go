@@ -41,6 +41,8 @@ type modelLoop struct {
 	gateways map[discovery.Key]*gatewayv1.Gateway
 	// goodLinks: the last version of each link Gateway that parsed.
 	goodLinks map[discovery.Key]*gatewayv1.Gateway
+	// vipsSettled: the saved VIPs nobody claimed were released.
+	vipsSettled bool
 
 	// reported remembers the warnings already logged, so a warning is logged
 	// once when it appears rather than on every recompute; rejected does the
@@ -218,12 +220,25 @@ func (m *modelLoop) publishExports(delta ambient.Delta) {
 		}
 		m.federations.Update(upserts, delta.Unexports)
 	}
-	if delta.VIPsChanged && m.vips != nil {
+	if (delta.VIPsChanged || m.releaseUnclaimedVIPs()) && m.vips != nil {
 		if err := m.vips.save(m.model.VIPs()); err != nil {
 			// The VIPs in force stay; only a restart could move them.
 			m.log.Error("could not save the VIPs of global services; a restart may give them new ones", zap.Error(err))
 		}
 	}
+}
+
+// releaseUnclaimedVIPs frees, once, the saved VIPs whose global service has
+// not come back by the time every source that could bring it back has
+// synced (the local sources before the first model, the links now), so a
+// service deleted while peerd was down does not hold its VIPs for good.
+// It reports whether the allocations changed.
+func (m *modelLoop) releaseUnclaimedVIPs() bool {
+	if m.vipsSettled || m.links == nil || !m.links.Synced() {
+		return false
+	}
+	m.vipsSettled = true
+	return m.model.ReleaseUnclaimedVIPs()
 }
 
 // objectRef names an index object the way the model does.
