@@ -107,10 +107,6 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	savedVIPs, err := vips.load()
-	if err != nil {
-		return err
-	}
 	links, err := newPeers(opts, linkStore, index, identity, log, reg)
 	if err != nil {
 		return err
@@ -166,6 +162,14 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	}
 
 	if err := waitSynced(ctx, index, errc); err != nil {
+		return err
+	}
+	// Read once the sources have synced: in Kubernetes mode the VIPs are in
+	// the API, and an API server that is not reachable yet must leave peerd
+	// waiting with /readyz saying why, not exiting. A failure now (RBAC, a
+	// damaged Secret) stops peerd rather than hand out new VIPs.
+	savedVIPs, err := vips.load()
+	if err != nil {
 		return err
 	}
 	model := newModelLoop(ambient.Config{
