@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/peerd-mesh/peerd/internal/fsutil"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -155,5 +156,8 @@ func writeFileAtomic(path string, data []byte) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return fsutil.SyncDir(filepath.Dir(path))
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/peerd-mesh/peerd/internal/fsutil"
 	"io/fs"
 	"maps"
 	"net/url"
@@ -109,6 +110,9 @@ func (s *DirStore) Save(cluster string, state []byte) error {
 	}
 	if err == nil {
 		err = os.Rename(tmp, s.fileName(cluster))
+	}
+	if err == nil {
+		err = fsutil.SyncDir(s.dir)
 	}
 	if err != nil {
 		_ = os.Remove(tmp)

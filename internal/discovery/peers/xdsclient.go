@@ -30,6 +30,10 @@ type ClientOptions struct {
 	Logger    *zap.Logger
 }
 
+// maxPeerMessage bounds one message from a peer (ztunnel's own limit, the
+// client's default, is 200 MiB).
+const maxPeerMessage = 64 << 20
+
 // errNoCredentials ends a subscriber that would otherwise dial a peer in
 // plaintext by mistake.
 var errNoCredentials = errors.New("no transport credentials for the link (Options.Credentials is nil and ClientOptions.Plaintext is off)")
@@ -58,7 +62,10 @@ func XDSClients(o ClientOptions) func(SubscriberConfig) Subscriber {
 			Validate:  cfg.Validate,
 			Backoff:   o.Backoff,
 			Keepalive: o.Keepalive,
-			Logger:    log.With(zap.String("cluster", cfg.Link.Cluster), zap.String("gateway", cfg.Link.Gateway)),
+			// A peer's whole export at the cap (DefaultMaxServicesPerLink,
+			// a few hundred bytes each) is far below this; more is hostile.
+			MaxRecvMsgSize: maxPeerMessage,
+			Logger:         log.With(zap.String("cluster", cfg.Link.Cluster), zap.String("gateway", cfg.Link.Gateway)),
 			OnUpdate: func(u xds.Update) {
 				cfg.OnUpdate(Update{TypeURL: u.TypeURL, Upserts: u.Upserts, Removed: u.Removed, Synced: u.Synced})
 			},
