@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -52,11 +51,11 @@ func run() error {
 	if flag.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q", flag.Args())
 	}
-	podCounts, err := intList("--pods", *pods)
+	podCounts, err := bench.IntList("--pods", *pods)
 	if err != nil {
 		return err
 	}
-	clientCounts, err := intList("--clients", *clients)
+	clientCounts, err := bench.IntList("--clients", *clients)
 	if err != nil {
 		return err
 	}
@@ -100,12 +99,7 @@ func run() error {
 		clusters = append(clusters, c)
 	}
 
-	dir := *workDir
-	if dir == "" {
-		dir, err = os.MkdirTemp("", "peerd-bench-e2e-")
-	} else {
-		err = os.MkdirAll(dir, 0o755)
-	}
+	dir, err := bench.WorkDir(*workDir, "peerd-bench-e2e-")
 	if err != nil {
 		return err
 	}
@@ -127,16 +121,4 @@ func run() error {
 		return os.RemoveAll(dir)
 	}
 	return nil
-}
-
-func intList(flagName, s string) ([]int, error) {
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		v, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || v < 1 {
-			return nil, fmt.Errorf("%s: %q is not a positive number", flagName, f)
-		}
-		out = append(out, v)
-	}
-	return out, nil
 }

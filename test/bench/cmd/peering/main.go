@@ -19,7 +19,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -65,19 +64,17 @@ func run() error {
 	if *clusters == 1 {
 		return fmt.Errorf("--clusters: 1, want 0 (skip) or at least 2")
 	}
-	scales, err := intList("--scale", *scale)
-	if err != nil {
-		return err
+	var scales []int
+	if strings.TrimSpace(*scale) != "" {
+		var err error
+		if scales, err = bench.IntList("--scale", *scale); err != nil {
+			return err
+		}
 	}
 	if _, err := os.Stat(*peerdBin); err != nil {
 		return fmt.Errorf("--peerd: %w", err)
 	}
-	dir := *workDir
-	if dir == "" {
-		dir, err = os.MkdirTemp("", "peerd-bench-peering-")
-	} else {
-		err = os.MkdirAll(dir, 0o755)
-	}
+	dir, err := bench.WorkDir(*workDir, "peerd-bench-peering-")
 	if err != nil {
 		return err
 	}
@@ -198,19 +195,4 @@ func writeRatio(w io.Writer, results []bench.ConvergenceResult) {
 			float64(b.ImporterCPU)/float64(max(a.ImporterCPU, 1)), float64(b.Imported)/float64(a.Imported),
 			(float64(b.HeapLinked)-float64(a.HeapLinked))/float64(b.Imported-a.Imported))
 	}
-}
-
-func intList(flagName, s string) ([]int, error) {
-	if strings.TrimSpace(s) == "" {
-		return nil, nil
-	}
-	var out []int
-	for _, f := range strings.Split(s, ",") {
-		v, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || v < 1 {
-			return nil, fmt.Errorf("%s: %q is not a positive number", flagName, f)
-		}
-		out = append(out, v)
-	}
-	return out, nil
 }
