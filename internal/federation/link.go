@@ -136,6 +136,19 @@ func ParseLink(gw *gatewayv1.Gateway) (Link, error) {
 	return l, nil
 }
 
+// DefaultTrustDomain is a linked cluster's trust domain when its link
+// Gateway has no annotation: ztunnel reads an empty trust domain the same way.
+const DefaultTrustDomain = "cluster.local"
+
+// PeerTrustDomain is the trust domain the linked cluster's peerd, and the
+// identities it exports, must be in.
+func (l Link) PeerTrustDomain() string {
+	if l.TrustDomain == "" {
+		return DefaultTrustDomain
+	}
+	return l.TrustDomain
+}
+
 // Dial is the address a link dials: the first address at the xds-tls port.
 func (l Link) Dial() string {
 	host := l.Addresses[0]

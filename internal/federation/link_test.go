@@ -95,3 +95,12 @@ func TestIsRemote(t *testing.T) {
 		t.Error("non-link gateway taken for a link")
 	}
 }
+
+func TestPeerTrustDomain(t *testing.T) {
+	if got := (Link{TrustDomain: "cluster2.local"}).PeerTrustDomain(); got != "cluster2.local" {
+		t.Errorf("annotated: %q", got)
+	}
+	if got := (Link{}).PeerTrustDomain(); got != DefaultTrustDomain {
+		t.Errorf("no annotation: %q, want %q", got, DefaultTrustDomain)
+	}
+}

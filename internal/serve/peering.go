@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/credentials"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/peerd-mesh/peerd/internal/ambient"
 	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	"github.com/peerd-mesh/peerd/internal/discovery/peers"
@@ -30,14 +29,7 @@ func newPeers(opts Options, store peers.Store, index *discovery.Index, identity 
 	var creds func(federation.Link) credentials.TransportCredentials
 	if identity != nil {
 		creds = func(l federation.Link) credentials.TransportCredentials {
-			// A link Gateway without the trust-domain annotation describes
-			// a cluster in the default trust domain, as ztunnel reads an
-			// empty trust domain.
-			td := l.TrustDomain
-			if td == "" {
-				td = ambient.DefaultTrustDomain
-			}
-			return credentials.NewTLS(identity.PeerClientTLS(td, opts.SkipValidateTrustDomain))
+			return credentials.NewTLS(identity.PeerClientTLS(l.PeerTrustDomain(), opts.SkipValidateTrustDomain))
 		}
 	}
 	return peers.NewManager(peers.Options{

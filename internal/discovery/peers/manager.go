@@ -557,7 +557,7 @@ func (m *Manager) checkIdentitiesLocked(l *link, name string, fs *federationpb.F
 	if m.opts.SkipValidateTrustDomain {
 		return nil
 	}
-	td := cmp.Or(l.cfg.TrustDomain, defaultTrustDomain)
+	td := l.cfg.PeerTrustDomain()
 	for i, san := range fs.GetSubjectAltNames() {
 		id, err := certs.ParseSPIFFE(san)
 		if err != nil {
@@ -569,10 +569,6 @@ func (m *Manager) checkIdentitiesLocked(l *link, name string, fs *federationpb.F
 	}
 	return nil
 }
-
-// defaultTrustDomain is a link's trust domain when its Gateway has no
-// annotation, as ztunnel reads an empty one.
-const defaultTrustDomain = "cluster.local"
 
 // onUpdate writes a response's accepted resources into the index.
 func (m *Manager) onUpdate(l *link, gen uint64, u Update) {
