@@ -10,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/peerd-mesh/peerd/internal/fsutil"
 )
 
 var cacertsFiles = []string{RootCertFile, CACertFile, CAKeyFile, CertChainFile}
@@ -32,7 +34,7 @@ func install(t *testing.T, dir, mesh, cluster string) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := writeFileAtomic(filepath.Join(dir, f), b, 0o600); err != nil {
+		if err := fsutil.WriteFileAtomic(filepath.Join(dir, f), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -50,7 +52,7 @@ func bundleRoots(t *testing.T, dir string, meshes ...string) {
 		}
 		bundle = append(bundle, b...)
 	}
-	if err := writeFileAtomic(filepath.Join(dir, RootCertFile), bundle, 0o644); err != nil {
+	if err := fsutil.WriteFileAtomic(filepath.Join(dir, RootCertFile), bundle, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

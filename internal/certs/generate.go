@@ -17,6 +17,8 @@ import (
 	"path/filepath"
 	"regexp"
 	"time"
+
+	"github.com/peerd-mesh/peerd/internal/fsutil"
 )
 
 // File names of Istio's cacerts layout.
@@ -181,7 +183,7 @@ func GenerateMesh(dir string, clusters []string, opts MeshOptions) ([]string, er
 		if err := os.MkdirAll(filepath.Dir(f.path), 0o755); err != nil {
 			return written, fmt.Errorf("certs: %w", err)
 		}
-		if err := writeFileAtomic(f.path, f.data, f.mode); err != nil {
+		if err := fsutil.WriteFileAtomic(f.path, f.data, f.mode); err != nil {
 			return written, fmt.Errorf("certs: %s: %w", f.path, err)
 		}
 		written = append(written, f.path)
@@ -266,31 +268,4 @@ func pemKey(k crypto.Signer) ([]byte, error) {
 		return nil, err
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
-}
-
-// writeFileAtomic writes through a temporary file and a rename so that a
-// reader (istiod watching a mounted directory, or a crash half-way) never sees
-// a truncated key.
-func writeFileAtomic(path string, data []byte, mode fs.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op after a successful rename
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/peerd-mesh/peerd/internal/fsutil"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -14,6 +13,7 @@ import (
 
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
+	"github.com/peerd-mesh/peerd/internal/fsutil"
 	"github.com/peerd-mesh/peerd/internal/kubestate"
 )
 
@@ -88,7 +88,7 @@ func (s vipDir) save(vips map[string][]netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(s.dir, vipFile), b)
+	return fsutil.WriteFileAtomic(filepath.Join(s.dir, vipFile), b, 0o600)
 }
 
 const (
@@ -134,30 +134,4 @@ func (s vipKube) save(vips map[string][]netip.Addr) error {
 		return fmt.Errorf("namespace %s: %w", s.namespace, err)
 	}
 	return nil
-}
-
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory and a rename.
-func writeFileAtomic(path string, data []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // a no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return fsutil.SyncDir(filepath.Dir(path))
 }

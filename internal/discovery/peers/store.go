@@ -91,31 +91,12 @@ func (s *DirStore) Load() (map[string][]byte, error) {
 	return out, errors.Join(errs...)
 }
 
-// Save implements Store: write a temporary file in the same directory,
-// sync it, rename it over the old one, then remove the journal the new
-// snapshot replaces. A crash in between leaves records of an older
-// generation, which Load skips (see replay).
+// Save implements Store: replace the snapshot atomically
+// (fsutil.WriteFileAtomic), then remove the journal the new snapshot
+// replaces. A crash in between leaves records of an older generation, which
+// Load skips (see replay).
 func (s *DirStore) Save(cluster string, state []byte) error {
-	f, err := os.CreateTemp(s.dir, ".tmp-"+filePrefix+"*")
-	if err != nil {
-		return fmt.Errorf("state dir: %w", err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(state)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, s.fileName(cluster))
-	}
-	if err == nil {
-		err = fsutil.SyncDir(s.dir)
-	}
-	if err != nil {
-		_ = os.Remove(tmp)
+	if err := fsutil.WriteFileAtomic(s.fileName(cluster), state, 0o600); err != nil {
 		return fmt.Errorf("state dir: saving link %s: %w", cluster, err)
 	}
 	if err := s.removeJournal(cluster); err != nil {
