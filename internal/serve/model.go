@@ -48,10 +48,10 @@ type modelLoop struct {
 	// once when it appears rather than on every recompute; rejected does the
 	// same for resources the cache could not encode.
 	reported map[string]bool
-	// linksSynced: the links got the Gateways at least once (the first
+	// linksGivenGateways: the links got the Gateways at least once (the first
 	// Sync, even with none, is what lets their readiness settle).
-	linksSynced bool
-	rejected    map[string]bool
+	linksGivenGateways bool
+	rejected           map[string]bool
 
 	warnings         prometheus.Gauge
 	newWarnings      prometheus.Counter
@@ -204,8 +204,8 @@ func (m *modelLoop) syncLinks(changes []discovery.Change) {
 			delete(m.gateways, ch.Key)
 		}
 	}
-	if changed || !m.linksSynced {
-		m.linksSynced = true
+	if changed || !m.linksGivenGateways {
+		m.linksGivenGateways = true
 		m.links.Sync(slices.Collect(maps.Values(m.gateways)))
 	}
 }
