@@ -373,6 +373,20 @@ func (e *env) settle() {
 
 // peersGoroutines lists the goroutines running the manager's or an xDS
 // client's code.
+// waitNoPeersGoroutines fails the test unless every goroutine of the
+// manager and its clients is gone within waitTimeout. A goroutine that has
+// called wg.Done can still be on its way out when Run returns, so one look
+// would be racy; a goroutine that really stays fails after the deadline.
+func waitNoPeersGoroutines(t *testing.T) {
+	t.Helper()
+	eventually(t, "no goroutine of the manager or its clients left", func() error {
+		if g := peersGoroutines(); len(g) > 0 {
+			return fmt.Errorf("goroutines left:\n%s", strings.Join(g, "\n\n"))
+		}
+		return nil
+	})
+}
+
 func peersGoroutines() []string {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]

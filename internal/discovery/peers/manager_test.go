@@ -63,9 +63,7 @@ func TestLinkLifecycle(t *testing.T) {
 	if got := e.imported("cluster2"); len(got) != 1 {
 		t.Errorf("after Stop the index holds %v, want apps/echo kept", got)
 	}
-	if g := peersGoroutines(); len(g) > 0 {
-		t.Errorf("goroutines left after Run returned:\n%s", strings.Join(g, "\n\n"))
-	}
+	waitNoPeersGoroutines(t)
 }
 
 func TestInvalidGateway(t *testing.T) {
@@ -309,9 +307,7 @@ func TestGatewayRemovedWithdrawsAtOnce(t *testing.T) {
 		return nil
 	})
 	e.stop()
-	if g := peersGoroutines(); len(g) > 0 {
-		t.Errorf("goroutines left:\n%s", strings.Join(g, "\n\n"))
-	}
+	waitNoPeersGoroutines(t)
 }
 
 func TestDialChangeRestartsLink(t *testing.T) {

@@ -81,9 +81,7 @@ func TestNoGoroutineLeaks(t *testing.T) {
 		})
 	}
 	e.stop()
-	if g := peersGoroutines(); len(g) > 0 {
-		t.Errorf("goroutines left after Run returned:\n%s", strings.Join(g, "\n\n"))
-	}
+	waitNoPeersGoroutines(t)
 }
 
 func TestDebugJSON(t *testing.T) {
