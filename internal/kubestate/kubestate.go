@@ -48,6 +48,11 @@ const (
 	SecretType corev1.SecretType = "peerd.io/state"
 	// PayloadKey is the data key of the gzip-compressed payload.
 	PayloadKey = "state.json.gz"
+	// LeaseName is the coordination.k8s.io Lease, in the system namespace,
+	// that peerd's replicas elect their one status writer with. Its holder
+	// (a pod name) renews it every few seconds, so an unexpired Lease also
+	// tells `peerd check` that peerd is alive.
+	LeaseName = "peerd"
 
 	// MaxPayload is the most a Secret holds (the API server's limit on the
 	// sum of its data); the check before a write turns the API server's
