@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -118,6 +120,22 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 		waitState(t, z, "the mesh", func(s *ztunnel.State) bool { return s.Ready && len(s.Workloads) > 0 && len(s.Services) > 0 })
 		if v, _ := p.metric(t, "peerd_token_reviews_total", `result="authenticated"`); v != 1 {
 			t.Errorf("peerd_token_reviews_total{result=authenticated} = %v, want 1 (both types of the stream share one review)", v)
+		}
+	})
+	t.Run("peerd view with --token-file", func(t *testing.T) {
+		tokenFile := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(tokenFile, []byte(good+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		viewArgs := []string{"view", "services", "--addr", listen, "--tls", "--root-cert", filepath.Join(pki, "root-cert.pem"),
+			"--server-name", "istiod.istio-system.svc", "--timeout", "20s"}
+		out, err := exec.Command(peerdBinary, append(viewArgs, "--token-file", tokenFile)...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "kubernetes.default.svc.cluster.local") {
+			t.Fatalf("peerd view with a token: %v\n%s", err, out)
+		}
+		out, err = exec.Command(peerdBinary, viewArgs...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "no bearer token") {
+			t.Fatalf("peerd view without a token: %v, want the refusal\n%s", err, out)
 		}
 	})
 	t.Run("a peer's certificate needs no token", func(t *testing.T) {
