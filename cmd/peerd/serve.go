@@ -60,6 +60,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&opts.StateDir, "state-dir", opts.StateDir, "file mode: directory for what must outlive a restart, each link's last known state and the VIPs of global services (empty: nothing is kept); Kubernetes mode keeps them in Secrets of the system namespace")
 	f.BoolVar(&opts.SkipValidateTrustDomain, "skip-validate-trust-domain", opts.SkipValidateTrustDomain, "accept a peer whose certificate names another trust domain than its link Gateway's gateway.istio.io/trust-domain (the chain must still lead to the root)")
 	f.StringVar(&opts.ServiceAccount, "service-account", opts.ServiceAccount, "peerd's service account: its identity is spiffe://<trust-domain>/ns/<system-namespace>/sa/<service-account>, and peers must present the same namespace and account")
+	f.StringVar(&opts.PodName, "pod-name", opts.PodName, "Kubernetes mode: this replica's identity as holder of the peerd Lease, which elects the one replica that writes the links' live state into the API; must differ between replicas (default $POD_NAME, else the hostname)")
 	f.Var(prefixFlag{&opts.VIPv4Range}, "vip-ipv4-range", "IPv4 range the VIPs of global services are allocated from")
 	f.Var(prefixFlag{&opts.VIPv6Range}, "vip-ipv6-range", "IPv6 range the VIPs of global services are allocated from")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")

@@ -64,6 +64,10 @@ type Options struct {
 	// spiffe://<trust-domain>/ns/<system-namespace>/sa/<service-account>,
 	// and peers are recognised by the same namespace and account.
 	ServiceAccount string
+	// PodName is the identity this replica holds the Lease under in
+	// Kubernetes mode; empty: $POD_NAME, else the hostname. Replicas must
+	// not share it.
+	PodName string
 	// VIPv4Range and VIPv6Range are where global services' VIPs come from.
 	VIPv4Range netip.Prefix
 	VIPv6Range netip.Prefix
