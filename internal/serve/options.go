@@ -9,6 +9,7 @@ import (
 	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	"github.com/peerd-mesh/peerd/internal/discovery/peers"
+	"github.com/peerd-mesh/peerd/internal/meshconfig"
 )
 
 // defaultDrainDuration spreads the reconnects of every ztunnel of a replica
@@ -64,6 +65,10 @@ type Options struct {
 	// spiffe://<trust-domain>/ns/<system-namespace>/sa/<service-account>,
 	// and peers are recognised by the same namespace and account.
 	ServiceAccount string
+	// MeshConfigMap is istiod's ConfigMap in SystemNamespace whose key
+	// "mesh" gives the trust domain unless the flag sets it (Kubernetes
+	// mode; empty: not read).
+	MeshConfigMap string
 	// PodName is the identity this replica holds the Lease under in
 	// Kubernetes mode; empty: $POD_NAME, else the hostname. Replicas must
 	// not share it.
@@ -91,6 +96,7 @@ func DefaultOptions() Options {
 		PeerStaleTTL:            peers.DefaultStaleTTL,
 		PeerSyncTimeout:         peers.DefaultSyncTimeout,
 		ServiceAccount:          "peerd",
+		MeshConfigMap:           meshconfig.DefaultConfigMap,
 		VIPv4Range:              netip.MustParsePrefix("240.240.0.0/16"),
 		VIPv6Range:              netip.MustParsePrefix("2001:2::/48"),
 	}

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -230,5 +231,46 @@ func waitUntil(t *testing.T, timeout time.Duration, desc string, cond func() boo
 			t.Fatalf("timed out after %v waiting for %s; last: %s", timeout, desc, what())
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestKubernetesModeReadsTheMeshConfig: peerd takes its trust domain from
+// istiod's ConfigMap, and refuses to start on one it cannot parse rather
+// than guess.
+func TestKubernetesModeReadsTheMeshConfig(t *testing.T) {
+	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	objs, err := discovery.DecodeManifests("test.yaml", []byte(kubeStateManifest[:strings.Index(kubeStateManifest, "---")]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.Apply(ctx, objs); err != nil {
+		t.Fatal(err)
+	}
+	configMaps := kube.Kube.CoreV1().ConfigMaps("istio-system")
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio"}, Data: map[string]string{"mesh": "trustDomain: [\n"}}
+	if cm, err = configMaps.Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--cluster-name", "cluster1", "--kubeconfig", kube.Kubeconfig, "--peer-sync-timeout", "1s"}
+
+	broken := startPeerd(t, peerdOptions{Args: args, NoWait: true})
+	if logs := broken.waitExit(t); !strings.Contains(logs, "configmap istio-system/istio: data.mesh") {
+		t.Errorf("peerd on a malformed mesh config did not name it:\n%s", logs)
+	}
+
+	cm.Data["mesh"] = "trustDomain: cluster1.example\nrootNamespace: istio-system\n"
+	if _, err := configMaps.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	p := startPeerd(t, peerdOptions{Args: args})
+	if logs := p.Logs(); !strings.Contains(logs, `"trust_domain":"cluster1.example"`) {
+		t.Errorf("peerd did not take the mesh config's trust domain:\n%s", logs)
+	}
+	p.Stop()
+	flagged := startPeerd(t, peerdOptions{Args: append(args, "--trust-domain", "override.example")})
+	if logs := flagged.Logs(); !strings.Contains(logs, "--trust-domain overrides") || !strings.Contains(logs, `"trust_domain":"override.example"`) {
+		t.Errorf("--trust-domain did not override the mesh config:\n%s", logs)
 	}
 }
