@@ -179,7 +179,7 @@ func newLinkStatusWriter(links func() []peers.LinkStatus, gateway func(namespace
 		limiter: rate.NewLimiter(linkStatusWriteRate, linkStatusWriteBurst),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "peerd_status_writes_total",
-			Help: "Writes of the links' live state into their istio-remote Gateways' status, by result (ok, error, gone: the Gateway was removed or replaced meanwhile). Unchanged state is not written.",
+			Help: "Writes of the links' live state into their istio-remote Gateways' status, by result (ok, error, gone: the Gateway was removed meanwhile). Unchanged state is not written.",
 		}, []string{"result"}),
 	}
 	for _, r := range []string{"ok", "error", "gone"} {
@@ -255,9 +255,8 @@ func (w *linkStatusWriter) sync(ctx context.Context, state map[string]*written) 
 			state[st.Gateway] = next
 		case ctx.Err() != nil:
 			return // the term ended: the next one starts over
-		case apierrors.IsNotFound(err) || apierrors.IsConflict(err):
-			// Removed, or replaced by a new object (the uid precondition):
-			// the source's next event brings the new one, if any.
+		case apierrors.IsNotFound(err):
+			// Removed: the source's next event drops the link.
 			w.writes.WithLabelValues("gone").Inc()
 			w.log.Debug("link Gateway gone before its status was written", zap.String("gateway", st.Gateway), zap.Error(err))
 			delete(state, st.Gateway)
@@ -304,9 +303,11 @@ func transitions(prev *written, uid types.UID, conds []linkCondition, since, now
 	return out
 }
 
-// statusApply is the apply configuration of w's conditions on gw: the
-// object's uid makes the write fail, rather than land on a new Gateway of
-// the same name, if gw was replaced.
+// statusApply is the apply configuration of w's conditions on gw. (A
+// server-side apply takes no uid precondition: should gw have been replaced
+// by a Gateway of the same name that the source has not seen yet, the
+// conditions land on it, and the next poll rewrites them once the source
+// has the new object, whose uid differs from the one written.)
 func statusApply(gw *gatewayv1.Gateway, w *written) *gatewayac.GatewayApplyConfiguration {
 	suffix := lastMessageSuffix(w.lastMessage)
 	conds := make([]*metav1ac.ConditionApplyConfiguration, 0, len(w.conditions))
@@ -324,7 +325,6 @@ func statusApply(gw *gatewayv1.Gateway, w *written) *gatewayac.GatewayApplyConfi
 			WithLastTransitionTime(w.transitions[c.Type]))
 	}
 	return gatewayac.Gateway(gw.Name, gw.Namespace).
-		WithUID(gw.UID).
 		WithStatus(gatewayac.GatewayStatus().WithConditions(conds...))
 }
 

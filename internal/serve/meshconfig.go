@@ -35,6 +35,10 @@ func LoadMeshConfig(ctx context.Context, opts *Options, explicit func(flag strin
 	if opts.ConfigDir != "" || opts.MeshConfigMap == "" {
 		return nil
 	}
+	// A flag mistake is reported at once, not after a wait for the API.
+	if err := opts.Validate(); err != nil {
+		return err
+	}
 	cfg, err := kubeConfig(opts.Kubeconfig)
 	if err != nil {
 		return err

@@ -204,14 +204,31 @@ func TestKubernetesModeWritesLiveState(t *testing.T) {
 		}
 	}
 
-	// The writer stops; the other replica takes over and keeps the
-	// conditions current.
+	okWrites := func(name string) string {
+		_, metrics := replicas[name].get("/metrics")
+		for _, line := range strings.Split(metrics, "\n") {
+			if strings.HasPrefix(line, `peerd_status_writes_total{result="ok"}`) {
+				return strings.Fields(line)[1]
+			}
+		}
+		return "absent"
+	}
+	if w := okWrites(other); w != "0" {
+		t.Errorf("%s, not holding the Lease, wrote status: peerd_status_writes_total{result=\"ok\"} %s", other, w)
+	}
+
+	// The writer stops; the other replica takes over and writes every
+	// link once (its own view).
 	replicas[first].Stop()
 	waitUntil(t, time.Minute, other+" to take the Lease over", func() bool { return holder() == other }, holder)
 	waitUntil(t, time.Minute, other+" to report peerd_leader 1", func() bool {
 		_, metrics := replicas[other].get("/metrics")
 		return strings.Contains(metrics, "\npeerd_leader 1\n")
 	}, func() string { _, r := replicas[other].get("/readyz"); return r })
+	waitUntil(t, time.Minute, other+" to write the links' state", func() bool {
+		w := okWrites(other)
+		return w != "0" && w != "absent"
+	}, func() string { return okWrites(other) })
 	var gw2 *gatewayv1.Gateway
 	if gw2, err = gateways.Get(ctx, "cluster2", metav1.GetOptions{}); err != nil {
 		t.Fatal(err)
