@@ -39,6 +39,8 @@ type status struct {
 	rejected func() []error
 	// links are the peer links (nil: none).
 	links *peers.Manager
+	// leader is the election of the live-state writer (nil: file mode).
+	leader *leader
 }
 
 func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
@@ -87,6 +89,9 @@ func (s *status) readiness() (bool, []string) {
 	peersReady, peerLines := peerReadiness(s.links)
 	ready = ready && peersReady
 	lines = append(lines, peerLines...)
+	if s.leader != nil {
+		lines = append(lines, s.leader.readiness())
+	}
 	for _, err := range s.index.Errors() {
 		lines = append(lines, "source error (last good objects kept): "+err.Error())
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	"github.com/peerd-mesh/peerd/internal/discovery/peers"
+	"github.com/peerd-mesh/peerd/internal/meshconfig"
 )
 
 // defaultDrainDuration spreads the reconnects of every ztunnel of a replica
@@ -66,6 +67,14 @@ type Options struct {
 	// spiffe://<trust-domain>/ns/<system-namespace>/sa/<service-account>,
 	// and peers are recognised by the same namespace and account.
 	ServiceAccount string
+	// MeshConfigMap is istiod's ConfigMap in SystemNamespace whose key
+	// "mesh" gives the trust domain unless the flag sets it (Kubernetes
+	// mode; empty: not read).
+	MeshConfigMap string
+	// PodName is the identity this replica holds the Lease under in
+	// Kubernetes mode; empty: $POD_NAME, else the hostname. Replicas must
+	// not share it.
+	PodName string
 	// TokenAudiences: in Kubernetes mode, a client of ztunnel's types on
 	// the TLS listener must send a service-account token valid for one of
 	// them (checked with the TokenReview API), as istiod asks of ztunnel.
@@ -93,6 +102,7 @@ func DefaultOptions() Options {
 		PeerStaleTTL:            peers.DefaultStaleTTL,
 		PeerSyncTimeout:         peers.DefaultSyncTimeout,
 		ServiceAccount:          "peerd",
+		MeshConfigMap:           meshconfig.DefaultConfigMap,
 		TokenAudiences:          []string{authz.DefaultTokenAudience},
 		VIPv4Range:              netip.MustParsePrefix("240.240.0.0/16"),
 		VIPv6Range:              netip.MustParsePrefix("2001:2::/48"),

@@ -134,6 +134,14 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	reg.MustRegister(convergence)
 	status := newStatus(index, reg)
 	status.links = links
+	// Tied to the signal, not to ctx: a stopping peerd hands the status
+	// writing over before it drains.
+	leader, stopLiveState, err := startLiveState(signalled, opts, kubeCfg, kubeClient, links, index, log, reg)
+	if err != nil {
+		return err
+	}
+	defer stopLiveState()
+	status.leader = leader
 	status.rejected = addresses.RejectedErrors
 	log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd until the istiod relay exists")
 	tokens := ztunnelAuthentication(opts, kubeClient, status, log, reg)
