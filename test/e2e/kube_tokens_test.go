@@ -71,6 +71,11 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 	if err := kube.Kube.CoreV1().ServiceAccounts("istio-system").Delete(ctx, "gone", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The API server's authenticator reads service accounts through an
+	// informer: until it has seen the deletion, the token still passes.
+	waitFor(t, "the API server to refuse the deleted service account's token", func() bool {
+		return !reviewedAuthenticated(t, ctx, kube, deleted)
+	})
 
 	tlsConfig, err := certs.ClientTLSConfig(filepath.Join(pki, "root-cert.pem"), "istiod.istio-system.svc")
 	if err != nil {
@@ -185,6 +190,18 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 			t.Fatalf("%d refused streams in %v caused %v TokenReviews, want at most %v", n, elapsed, reviews, allowed)
 		}
 	})
+}
+
+// reviewedAuthenticated asks the API server itself whether token is valid
+// for istio-ca.
+func reviewedAuthenticated(t *testing.T, ctx context.Context, kube *kubeharness.Cluster, token string) bool {
+	t.Helper()
+	r, err := kube.Kube.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
+		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{"istio-ca"}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Status.Authenticated
 }
 
 // firstResponse opens one delta stream over TLS with md as its metadata,
