@@ -246,7 +246,7 @@ func evaluateLink(s *Snapshot, gw *gatewayv1.Gateway, byID map[string]*Snapshot,
 		add(Failed, fmt.Sprintf("kubectl --context %s -n %s delete gateway %s", s.Context, gw.Namespace, gw.Name),
 			"%s: links this cluster (%s) to itself", name, l.Cluster)
 	case target == nil:
-		add(OK, "", "%s: cluster %s (not among the checked contexts, so not compared)", name, l.Cluster)
+		add(OK, "", "%s: cluster %s (none of the checked clusters is %s: not compared)", name, l.Cluster, l.Cluster)
 	default:
 		want, err := target.TargetLink()
 		if err != nil {
