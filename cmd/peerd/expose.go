@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/peerd-mesh/peerd/internal/clusterops"
+	"github.com/peerd-mesh/peerd/internal/kubeyaml"
 )
 
 func newExposeCommand() *cobra.Command {
@@ -44,7 +45,7 @@ topology.istio.io/network label and writes nothing without it.`,
 					}
 					objs = append(objs, gw)
 				}
-				out, err := clusterops.ManifestYAML(objs...)
+				out, err := kubeyaml.Marshal(objs...)
 				if err != nil {
 					return err
 				}

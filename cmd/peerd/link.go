@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/peerd-mesh/peerd/internal/clusterops"
+	"github.com/peerd-mesh/peerd/internal/kubeyaml"
 )
 
 // pairFlags select the links of link and unlink: --contexts (every ordered
@@ -82,7 +83,7 @@ says what it created or updated.`,
 				if err != nil {
 					return err
 				}
-				out, err := clusterops.ManifestYAML(gw)
+				out, err := kubeyaml.Marshal(gw)
 				if err != nil {
 					return err
 				}
