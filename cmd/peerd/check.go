@@ -64,7 +64,7 @@ is 0 only when every check passed. --wait checks again until that is so or --tim
 			return nil
 		},
 	}
-	k.register(cmd.Flags(), true)
+	k.register(cmd.Flags())
 	cmd.Flags().BoolVar(&wait, "wait", false, "check again until all is well or --timeout passes")
 	cmd.Flags().DurationVar(&timeout, "timeout", 5*time.Minute, "how long --wait waits")
 	cmd.Flags().DurationVar(&interval, "interval", 2*time.Second, "how often --wait checks")

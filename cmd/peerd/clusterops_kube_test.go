@@ -203,7 +203,12 @@ func startClusters(t *testing.T, names ...string) *cli {
 	if len(c.clusters) != len(names) {
 		t.FailNow()
 	}
-	if err := kubeharness.MergedKubeconfig(c.kubeconfig, c.clusters); err != nil {
+	contexts := map[string]*kubeharness.Cluster{names[0] + "-again": c.clusters[names[0]]}
+	for n, k := range c.clusters {
+		contexts[n] = k
+	}
+	// A second context for the first cluster, as kubeconfigs often have.
+	if err := kubeharness.MergedKubeconfig(c.kubeconfig, contexts); err != nil {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
@@ -338,6 +343,16 @@ func TestOperatorCLI(t *testing.T) {
 	c.setAddresses("c1", "172.18.0.1")
 	c.setAddresses("c2", "172.18.0.2")
 	c.setAddresses("c3", "ew.c3.example.com")
+
+	step("link refuses to link a cluster to itself under another context", func(t *testing.T) {
+		c.fails([]string{"link", "--from", "c1", "--to", "c1-again"}, `contexts c1 and c1-again are both cluster "net1"`)
+		c.fails([]string{"link", "--contexts", "c1,c2,c1-again"}, `both say they are cluster "net1"`)
+		for _, ctx := range []string{"c1", "c2"} {
+			if l := c.links(ctx); len(l) != 0 {
+				t.Errorf("%s has %d links", ctx, len(l))
+			}
+		}
+	})
 
 	step("link one way", func(t *testing.T) {
 		out := c.ok("link", "--from", "c1", "--to", "c2")

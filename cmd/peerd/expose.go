@@ -62,7 +62,7 @@ topology.istio.io/network label and writes nothing without it.`,
 			return nil
 		},
 	}
-	k.register(cmd.Flags(), true)
+	k.register(cmd.Flags())
 	cmd.Flags().BoolVar(&generate, "generate", false, "print the Gateway as YAML instead of applying it")
 	cmd.Flags().StringVar(&clusterID, "cluster", "", "cluster id to label the Gateway with (topology.istio.io/cluster; default: links use the network)")
 	return cmd

@@ -19,12 +19,10 @@ type kubeFlags struct {
 	cfg        clusterops.Config
 }
 
-func (k *kubeFlags) register(f *pflag.FlagSet, multi bool) {
+func (k *kubeFlags) register(f *pflag.FlagSet) {
 	f.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
 	f.StringVar(&k.context, "context", "", "kubeconfig context (default: the current one)")
-	if multi {
-		f.StringSliceVar(&k.contexts, "contexts", nil, "kubeconfig contexts, comma-separated: one cluster each")
-	}
+	f.StringSliceVar(&k.contexts, "contexts", nil, "kubeconfig contexts, comma-separated: one cluster each")
 	f.StringVar(&k.cfg.SystemNamespace, "system-namespace", clusterops.DefaultSystemNamespace,
 		"Istio's namespace: the network label, the mesh config and peerd's Lease")
 	f.StringVarP(&k.cfg.Namespace, "namespace", "n", clusterops.DefaultNamespace, "namespace of the east-west and link Gateways")

@@ -17,7 +17,7 @@ type pairFlags struct {
 }
 
 func (p *pairFlags) register(cmd *cobra.Command) {
-	p.kubeFlags.register(cmd.Flags(), true)
+	p.kubeFlags.register(cmd.Flags())
 	cmd.Flags().StringVar(&p.from, "from", "", "context that gets the link (with --to)")
 	cmd.Flags().StringVar(&p.to, "to", "", "context the link describes (with --from)")
 }

@@ -71,14 +71,22 @@ func Link(ctx context.Context, pairs []Pair, cfg Config) ([]Change, error) {
 		byID[l.Cluster] = p.To.Context
 		links[p.To] = l
 	}
-	checked := map[*Cluster]bool{}
+	sourceIDs := map[*Cluster]string{}
 	for _, p := range pairs {
-		if checked[p.From] {
-			continue
+		if _, done := sourceIDs[p.From]; !done {
+			if err := p.From.requireNamespace(ctx, cfg.Namespace); err != nil {
+				errs = append(errs, err)
+			}
+			s := Observe(ctx, p.From, cfg, false)
+			if s.Err != nil {
+				errs = append(errs, s.Err)
+			}
+			sourceIDs[p.From] = s.ClusterID()
 		}
-		checked[p.From] = true
-		if err := p.From.requireNamespace(ctx, cfg.Namespace); err != nil {
-			errs = append(errs, err)
+		// Two contexts for one cluster: the link would point the cluster at
+		// itself.
+		if id := links[p.To].Cluster; id != "" && id == sourceIDs[p.From] {
+			errs = append(errs, fmt.Errorf("contexts %s and %s are both cluster %q: a cluster is not linked to itself", p.From.Context, p.To.Context, id))
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
