@@ -65,6 +65,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&opts.ServiceAccount, "service-account", opts.ServiceAccount, "peerd's service account: its identity is spiffe://<trust-domain>/ns/<system-namespace>/sa/<service-account>, and peers must present the same namespace and account")
 	f.StringVar(&opts.MeshConfigMap, "mesh-configmap", opts.MeshConfigMap, "Kubernetes mode: istiod's ConfigMap in the system namespace whose key \"mesh\" gives the trust domain unless --trust-domain is set; read once at start (empty: not read)")
 	f.StringVar(&opts.PodName, "pod-name", opts.PodName, "Kubernetes mode: this replica's identity as holder of the peerd Lease, which elects the one replica that writes the links' live state into the API; must differ between replicas (default $POD_NAME, else the hostname)")
+	f.StringSliceVar(&opts.TokenAudiences, "token-audience", opts.TokenAudiences, "Kubernetes mode: audience the service-account token of a ztunnel on --listen must be valid for (checked with the TokenReview API), repeatable; ztunnel requests istio-ca")
 	f.Var(prefixFlag{&opts.VIPv4Range}, "vip-ipv4-range", "IPv4 range the VIPs of global services are allocated from")
 	f.Var(prefixFlag{&opts.VIPv6Range}, "vip-ipv6-range", "IPv6 range the VIPs of global services are allocated from")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")
