@@ -26,6 +26,7 @@ var (
 		{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{"gateway.networking.k8s.io"}, Resources: []string{"gateways"}, Verbs: []string{"get", "list", "watch"}},
 		{APIGroups: []string{"gateway.networking.k8s.io"}, Resources: []string{"gateways/status"}, Verbs: []string{"patch"}},
+		{APIGroups: []string{"authentication.k8s.io"}, Resources: []string{"tokenreviews"}, Verbs: []string{"create"}},
 		{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 	}
 	peerdSystemNamespaceRules = []rbacv1.PolicyRule{
@@ -60,7 +61,7 @@ func TestKubernetesModeRunsWithTheDocumentedRBAC(t *testing.T) {
 	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	objs, err := discovery.DecodeManifests("test.yaml", []byte(kubeStateManifest+"---\n"+globalServiceManifest("echo", 1)+"---\n"+rbacWarnedService))
+	objs, err := discovery.DecodeManifests("test.yaml", []byte(kubeStateManifest(t)+"---\n"+globalServiceManifest("echo", 1)+"---\n"+rbacWarnedService))
 	if err != nil {
 		t.Fatal(err)
 	}
