@@ -2,20 +2,25 @@ package e2e
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	"github.com/peerd-mesh/peerd/internal/discovery/peers"
 	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/kubestate"
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
+	"github.com/peerd-mesh/peerd/test/ztunnel"
 )
 
 // The permissions docs/kubernetes.md lists ("Permissions (least
@@ -55,7 +60,7 @@ spec:
 // TestKubernetesModeRunsWithTheDocumentedRBAC: peerd, authenticated as its
 // service account (a token from the TokenRequest API) and granted only the
 // documented rules, reads the mesh config, holds the Lease, writes a link's
-// conditions, records a Warning Event, saves the link state and the VIPs,
+// conditions, records a Warning Event, reviews a ztunnel's token, saves the link state and the VIPs,
 // releases the Lease, and logs no Forbidden.
 func TestKubernetesModeRunsWithTheDocumentedRBAC(t *testing.T) {
 	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
@@ -104,8 +109,10 @@ func TestKubernetesModeRunsWithTheDocumentedRBAC(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	pki := peerdCerts(t, "cluster1,cluster2")
+	listen := freePort(t)
 	p := startPeerd(t, peerdOptions{Args: []string{"--cluster-name", "cluster1", "--kubeconfig", kubeconfig,
-		"--pod-name", "peerd-0", "--peer-sync-timeout", "1s"}})
+		"--pod-name", "peerd-0", "--peer-sync-timeout", "1s", "--ca-dir", filepath.Join(pki, "cluster1"), "--listen", listen}})
 	if !strings.Contains(p.Logs(), `"trust_domain":"cluster1.example"`) {
 		t.Error("the mesh config's trust domain was not read")
 	}
@@ -131,6 +138,17 @@ func TestKubernetesModeRunsWithTheDocumentedRBAC(t *testing.T) {
 		events, err := kube.Kube.CoreV1().Events("hello").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=warned"})
 		return err == nil && len(events.Items) > 0
 	}, p.Logs)
+	// A ztunnel's token is reviewed under peerd's role (tokenreviews).
+	tlsConfig, err := certs.ClientTLSConfig(filepath.Join(pki, "root-cert.pem"), "istiod.istio-system.svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := ztunnel.Start(t, ztunnel.Config{
+		Target: listen, ClusterID: "cluster1", Token: serviceAccountToken(t, ctx, kube, "ztunnel", "istio-ca"),
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig))},
+	})
+	waitState(t, z, "the mesh, for a ztunnel with a valid token", func(s *ztunnel.State) bool { return s.Responses > 0 })
+
 	// The link's state is saved at the latest as peerd stops.
 	p.Stop()
 	secrets := kube.Kube.CoreV1().Secrets(ns)
