@@ -37,16 +37,6 @@ const (
 	fieldManager = "peerd-chart-test"
 )
 
-// arrivingFlags are `peerd serve` flags the chart passes that the other
-// parts of issue 9 (in-cluster serve, ztunnel authentication) add to
-// peerd; they are accepted here until those parts are merged, and only
-// these.
-var arrivingFlags = map[string]bool{
-	"pod-name":       true,
-	"mesh-configmap": true,
-	"token-audience": true,
-}
-
 var (
 	chartDir    = filepath.Join("..", "..", "deploy", "peerd")
 	peerdBinary string
@@ -204,7 +194,7 @@ func TestChartPassesOnlyFlagsPeerdServeHas(t *testing.T) {
 			switch {
 			case !strings.HasPrefix(arg, "--"):
 				t.Errorf("%s: Deployment %s/%s: arg %q is not a --flag", values, d.Namespace, d.Name, arg)
-			case !known[name] && !arrivingFlags[name]:
+			case !known[name]:
 				t.Errorf("%s: Deployment %s/%s: arg %q: `peerd serve` has no flag --%s", values, d.Namespace, d.Name, arg, name)
 			}
 		}
@@ -374,9 +364,9 @@ var peerdCalls = []access{
 	{verb: "list", group: "gateway.networking.k8s.io", resource: "gateways"},
 	{verb: "watch", group: "gateway.networking.k8s.io", resource: "gateways"},
 	// The link conditions in the status of istio-remote Gateways.
+	// internal/serve/linkstatus.go: server-side apply of the link conditions.
 	{verb: "patch", group: "gateway.networking.k8s.io", resource: "gateways", subresource: "status", namespace: gatewayNS},
-	{verb: "update", group: "gateway.networking.k8s.io", resource: "gateways", subresource: "status", namespace: gatewayNS},
-	// ztunnel's bearer token on the TLS listener.
+	// internal/authz/tokens.go: ztunnel's bearer token on the TLS listener.
 	{verb: "create", group: "authentication.k8s.io", resource: "tokenreviews"},
 	// internal/serve/events.go: client-go's recorder creates, then patches.
 	{verb: "create", resource: "events", namespace: "default"},
@@ -387,19 +377,17 @@ var peerdCalls = []access{
 	{verb: "create", resource: "secrets", namespace: systemNS},
 	{verb: "update", resource: "secrets", namespace: systemNS, name: "peerd-link-cluster2"},
 	{verb: "delete", resource: "secrets", namespace: systemNS, name: "peerd-link-cluster2"},
-	// Leader election (client-go's LeaseLock: get, create, update).
+	// internal/serve/leader.go: client-go's LeaseLock gets, creates, updates.
 	{verb: "get", group: "coordination.k8s.io", resource: "leases", namespace: systemNS, name: "peerd"},
 	{verb: "create", group: "coordination.k8s.io", resource: "leases", namespace: systemNS},
 	{verb: "update", group: "coordination.k8s.io", resource: "leases", namespace: systemNS, name: "peerd"},
-	// istiod's mesh config.
+	// internal/serve/meshconfig.go: istiod's mesh config, read once.
 	{verb: "get", resource: "configmaps", namespace: systemNS, name: "istio"},
-	{verb: "list", resource: "configmaps", namespace: systemNS},
-	{verb: "watch", resource: "configmaps", namespace: systemNS},
 }
 
 // notPeerds are requests the chart must not allow: secrets and leases
-// outside the system namespace, other leases, writes to what peerd only
-// reads.
+// outside the system namespace, other leases and ConfigMaps, verbs peerd
+// does not use, writes to what peerd only reads.
 var notPeerds = []access{
 	{verb: "get", resource: "secrets", namespace: "default", name: "peerd-vips"},
 	{verb: "list", resource: "secrets"},
@@ -409,6 +397,9 @@ var notPeerds = []access{
 	{verb: "delete", resource: "pods", namespace: "default"},
 	{verb: "create", resource: "services", namespace: systemNS},
 	{verb: "update", resource: "configmaps", namespace: systemNS, name: "istio"},
+	{verb: "get", resource: "configmaps", namespace: systemNS, name: "istio-ca-root-cert"},
+	{verb: "list", resource: "configmaps", namespace: systemNS},
+	{verb: "update", group: "gateway.networking.k8s.io", resource: "gateways", subresource: "status", namespace: gatewayNS},
 	{verb: "get", resource: "configmaps", namespace: "default", name: "istio"},
 	{verb: "create", group: "authorization.k8s.io", resource: "subjectaccessreviews"},
 }
