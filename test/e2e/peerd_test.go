@@ -94,6 +94,9 @@ type peerdOptions struct {
 	MonitoringListen, MonitoringAddr string
 	// NoWait returns without waiting for /readyz.
 	NoWait bool
+	// Env is added to the test's environment (e.g. POD_NAME=..., as the
+	// downward API sets it in a pod).
+	Env []string
 }
 
 // startPeerd starts `peerd serve` and waits until /readyz says ready. The
@@ -120,6 +123,9 @@ func startPeerd(t *testing.T, o peerdOptions) *peerdProcess {
 	args = append(args, "--plaintext-listen", p.PlaintextAddr, "--monitoring-listen", monitoringListen)
 	p.cmd = exec.Command(peerdBinary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if len(o.Env) > 0 {
+		p.cmd.Env = append(os.Environ(), o.Env...)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

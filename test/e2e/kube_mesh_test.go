@@ -1,0 +1,530 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/peerd-mesh/peerd/internal/certs"
+	"github.com/peerd-mesh/peerd/internal/federation"
+	kubeharness "github.com/peerd-mesh/peerd/test/kube"
+	"github.com/peerd-mesh/peerd/test/mesh"
+	"github.com/peerd-mesh/peerd/test/ztunnel"
+)
+
+const (
+	// gatewayNamespace holds the east-west Gateways and the links, as the
+	// operator's guide puts them.
+	gatewayNamespace = "istio-gateways"
+	// xdsTLSPort is the port of the east-west gateway's xds-tls listener
+	// (the design's 15012): every relay listens on it, each on its own
+	// loopback address, so the links carry the port the guide says.
+	xdsTLSPort = 15012
+	// tokenAudience is what ztunnel's token is minted for (istiod's CA
+	// audience, peerd's default --token-audience).
+	tokenAudience = "istio-ca"
+	// checkWait bounds `peerd check --wait` and the wait for `peerd check`
+	// to see a stopped peerd: a failure bound, not a latency assertion.
+	checkWait = 60 * time.Second
+)
+
+// TestKubernetesMeshEndToEnd is the operator's path on three real API
+// servers (issue 9, "end to end"): a shared root from `peerd certs`, three
+// `peerd serve --kubeconfig` in Kubernetes mode, each behind a
+// TLS-passthrough relay standing in for its east-west gateway, `peerd
+// expose` and `peerd link` through one merged kubeconfig, then what the
+// guide promises: a Service labelled global through the API reaches the
+// other clusters' ztunnels and is withdrawn when the label goes, `peerd
+// unlink` withdraws the peer's services, `peerd check` passes on the healthy
+// mesh and names the cluster whose peerd stopped, and ztunnel gets nothing
+// without a valid service-account token.
+func TestKubernetesMeshEndToEnd(t *testing.T) {
+	ctx := withTimeout(t, 4*time.Minute)
+	m := startKubeMesh(t, ctx)
+	c1, c2, c3 := m.clusters[0], m.clusters[1], m.clusters[2]
+
+	// expose: the CLI writes each cluster's east-west Gateway; the test
+	// plays the gateway controller and gives it its address.
+	for _, c := range m.clusters {
+		m.mustCLI(t, ctx, "expose", "--namespace", gatewayNamespace, "--context", c.Context)
+		c.addressEastWest(t, ctx)
+	}
+	// link: every pair, both ways.
+	m.mustCLI(t, ctx, "link", "--contexts", m.contexts(), "--namespace", gatewayNamespace)
+	for _, from := range m.clusters {
+		for _, to := range m.clusters {
+			if from != to {
+				from.expectLink(t, ctx, to)
+			}
+		}
+	}
+
+	// ztunnel authentication on the TLS listener: nothing without a token,
+	// nothing with a token for another audience or from another cluster.
+	tlsCreds := m.ztunnelCredentials(t)
+	for name, headers := range map[string]map[string]string{
+		"no token":                  nil,
+		"a token for another aud":   {"authorization": "Bearer " + c1.token(t, ctx, "not-"+tokenAudience)},
+		"a token from cluster2":     {"authorization": "Bearer " + c2.token(t, ctx, tokenAudience)},
+		"a token that is not a JWT": {"authorization": "Bearer not-a-token"},
+	} {
+		err := openDeltaStreamWith(c1.Listen, headers, grpc.WithTransportCredentials(tlsCreds))
+		if status.Code(err) != codes.Unauthenticated {
+			t.Errorf("ztunnel with %s: stream ended with %v, want code Unauthenticated", name, err)
+		}
+	}
+	// With a real token (TokenRequest API, audience istio-ca) it gets the
+	// mesh: cluster2's global-only greeter arrives through the link.
+	z1 := m.ztunnel(t, c1, c1.token(t, ctx, tokenAudience))
+	z3 := m.ztunnel(t, c3, c3.token(t, ctx, tokenAudience))
+	greeter := globalKey("hello", "greeter")
+	for _, z := range []*ztunnel.Client{z1, z3} {
+		waitSplitHorizon(t, z, greeter, c2)
+	}
+	waitEndpointClusters(t, z1, globalKey("hello", "echo"), c1.Name, c2.LinkID, c3.LinkID)
+
+	// peerd check passes once every link reports synced.
+	m.expectCheckHealthy(t, ctx)
+
+	// Label a Service global through the API in cluster2: the other
+	// clusters' ztunnels see it with cluster2's split-horizon workload.
+	// hello/audit exists unscoped in cluster1 and not at all in cluster3
+	// (the state table's "exists, no scope | global" and "none | global").
+	audit := globalKey("hello", "audit")
+	for _, z := range []*ztunnel.Client{z1, z3} {
+		if hasService(z, audit) {
+			t.Fatalf("%s is served before hello/audit was labelled global", audit)
+		}
+	}
+	c2.setServiceScope(t, ctx, "hello", "audit", "global")
+	for _, z := range []*ztunnel.Client{z1, z3} {
+		waitSplitHorizon(t, z, audit, c2)
+		waitEndpointClusters(t, z, audit, c2.LinkID)
+	}
+	// Remove the label: withdrawn everywhere.
+	c2.setServiceScope(t, ctx, "hello", "audit", "")
+	for _, z := range []*ztunnel.Client{z1, z3} {
+		waitStateFor(t, z, peeringWait, audit+" withdrawn", func(s *ztunnel.State) bool {
+			_, ok := s.Services[audit]
+			return !ok && len(endpointClusters(s, audit)) == 0
+		}, func() string { return fmt.Sprintf("endpoints from %v", endpointClusters(stateOf(z), audit)) })
+	}
+
+	// Unlink cluster1 from cluster2 (one way): cluster2's services leave
+	// cluster1 and nothing else changes; cluster3 still has them.
+	m.mustCLI(t, ctx, "unlink", "--from", c1.Context, "--to", c2.Context, "--namespace", gatewayNamespace)
+	if gws := c1.links(t, ctx); len(gws) != 1 || gws[0].Labels[federation.LabelNetwork] != c3.Network {
+		t.Fatalf("after unlink, cluster1 holds links %v, want only the one to %s", gatewayNames(gws), c3.Name)
+	}
+	waitStateFor(t, z1, peeringWait, greeter+" withdrawn from cluster1", func(s *ztunnel.State) bool {
+		_, ok := s.Services[greeter]
+		return !ok && len(endpointClusters(s, greeter)) == 0
+	}, func() string { return fmt.Sprintf("endpoints from %v", endpointClusters(stateOf(z1), greeter)) })
+	waitEndpointClusters(t, z1, globalKey("hello", "echo"), c1.Name, c3.LinkID)
+	waitSplitHorizon(t, z3, greeter, c2)
+
+	// Link it again one way, and the mesh is whole and healthy again.
+	m.mustCLI(t, ctx, "link", "--from", c1.Context, "--to", c2.Context, "--namespace", gatewayNamespace)
+	c1.expectLink(t, ctx, c2)
+	waitSplitHorizon(t, z1, greeter, c2)
+	m.expectCheckHealthy(t, ctx)
+
+	// Stop cluster3's peerd (SIGTERM: it gives up its Lease): peerd check
+	// reports the broken links, naming cluster3, and fails.
+	c3.Peerd.Stop()
+	m.expectCheckNames(t, ctx, c3)
+}
+
+// kubeMesh is three API servers, their merged kubeconfig, a shared root and
+// one peerd per cluster.
+type kubeMesh struct {
+	clusters   []*kubeMeshCluster
+	kubeconfig string // one context per cluster
+	pki        string // `peerd certs` output: root-cert.pem, <cluster>/...
+}
+
+// kubeMeshCluster is one simulated cluster: its API server, its peerd and
+// the relay standing in for its east-west gateway.
+type kubeMeshCluster struct {
+	mesh.ClusterSpec
+	Context string // its context in the merged kubeconfig
+	Kube    *kubeharness.Cluster
+	// GatewayIP is the east-west gateway's address (status.addresses): the
+	// relay listens there on xdsTLSPort and passes TLS through to Listen.
+	GatewayIP string
+	Relay     *mesh.Relay
+	Listen    string // peerd's TLS listener
+	Peerd     *peerdProcess
+	// LinkID is the cluster id the other clusters' links give this one:
+	// topology.istio.io/cluster of its east-west Gateway, else its network
+	// (set by addressEastWest).
+	LinkID string
+}
+
+// startKubeMesh starts the API servers, applies examples/multicluster and
+// the mesh config, and starts every peerd behind its relay; nothing is
+// exposed or linked yet.
+func startKubeMesh(t *testing.T, ctx context.Context) *kubeMesh {
+	t.Helper()
+	specs := mesh.ExampleClusters(repoPath("examples", "multicluster"))
+	names := make([]string, len(specs))
+	for i, s := range specs {
+		names[i] = s.Name
+	}
+	m := &kubeMesh{pki: peerdCerts(t, strings.Join(names, ","))}
+	for i, s := range specs {
+		s.TrustDomain = s.Name + ".local"
+		c := &kubeMeshCluster{ClusterSpec: s, Context: "c" + strconv.Itoa(i+1),
+			Kube: kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})}
+		if err := c.Kube.ApplyDir(ctx, s.Manifests); err != nil {
+			t.Fatal(err)
+		}
+		c.writeMeshConfig(t, ctx)
+		m.clusters = append(m.clusters, c)
+	}
+	m.kubeconfig = m.mergedKubeconfig(t)
+	m.startRelays(t)
+	for _, c := range m.clusters {
+		c.Peerd = startPeerd(t, peerdOptions{
+			Args: []string{"--cluster-name", c.Name, "--kubeconfig", c.Kube.Kubeconfig,
+				"--ca-dir", filepath.Join(m.pki, c.Name), "--listen", c.Listen,
+				"--peer-sync-timeout", "5s", "--drain-duration", "0s"},
+			// The downward API gives a pod its name; peerd holds its Lease
+			// under it.
+			Env: []string{"POD_NAME=peerd-" + c.Name},
+		})
+	}
+	return m
+}
+
+// writeMeshConfig writes the istio ConfigMap as istiod's installation does:
+// the trust domain comes from there, not from a flag.
+func (c *kubeMeshCluster) writeMeshConfig(t *testing.T, ctx context.Context) {
+	t.Helper()
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Namespace: mesh.SystemNamespace, Name: "istio"},
+		Data: map[string]string{"mesh": fmt.Sprintf("trustDomain: %s\nrootNamespace: %s\n",
+			c.TrustDomain, mesh.SystemNamespace)},
+	}
+	if _, err := c.Kube.Kube.CoreV1().ConfigMaps(cm.Namespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("%s: configmap %s/%s: %v", c.Name, cm.Namespace, cm.Name, err)
+	}
+}
+
+// mergedKubeconfig writes one kubeconfig holding every cluster's context,
+// named c1, c2, c3, as an operator's kubeconfig holds several clusters.
+func (m *kubeMesh) mergedKubeconfig(t *testing.T) string {
+	t.Helper()
+	merged := clientcmdapi.NewConfig()
+	for _, c := range m.clusters {
+		cfg, err := clientcmd.LoadFromFile(c.Kube.Kubeconfig)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur := cfg.Contexts[cfg.CurrentContext]
+		merged.Clusters[c.Context] = cfg.Clusters[cur.Cluster]
+		merged.AuthInfos[c.Context] = cfg.AuthInfos[cur.AuthInfo]
+		merged.Contexts[c.Context] = &clientcmdapi.Context{Cluster: c.Context, AuthInfo: c.Context}
+	}
+	merged.CurrentContext = m.clusters[0].Context
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*merged, path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startRelays gives every cluster's east-west gateway its own loopback
+// address, with a relay listening there on xdsTLSPort. The first choice is
+// 127.0.0.2, .3, .4; when another run holds one of those, a random
+// 127.x.y.0 block is tried, so concurrent runs do not collide.
+func (m *kubeMesh) startRelays(t *testing.T) {
+	t.Helper()
+	for _, c := range m.clusters {
+		c.Listen = freePort(t)
+	}
+	var lastErr error
+	for attempt := range 8 {
+		base := [3]byte{127, 0, 0}
+		if attempt > 0 {
+			base = [3]byte{127, byte(1 + rand.IntN(254)), byte(rand.IntN(256))}
+		}
+		var relays []*mesh.Relay
+		for i, c := range m.clusters {
+			ip := net.IPv4(base[0], base[1], base[2], byte(2+i)).String()
+			r, err := mesh.NewRelayAt(net.JoinHostPort(ip, strconv.Itoa(xdsTLSPort)), c.Listen)
+			if err != nil {
+				lastErr = err
+				break
+			}
+			relays = append(relays, r)
+			c.GatewayIP, c.Relay = ip, r
+		}
+		if len(relays) == len(m.clusters) {
+			t.Cleanup(func() {
+				for _, r := range relays {
+					r.Close()
+				}
+			})
+			return
+		}
+		for _, r := range relays {
+			r.Close()
+		}
+	}
+	t.Fatalf("no loopback addresses to put the east-west gateways on port %d: %v", xdsTLSPort, lastErr)
+}
+
+func (m *kubeMesh) contexts() string {
+	var out []string
+	for _, c := range m.clusters {
+		out = append(out, c.Context)
+	}
+	return strings.Join(out, ",")
+}
+
+// cli runs a peerd command against the merged kubeconfig and returns its
+// combined output and exit code (-1 when it did not run to an exit).
+func (m *kubeMesh) cli(ctx context.Context, args ...string) (string, int) {
+	cmd := exec.CommandContext(ctx, peerdBinary, append(args, "--kubeconfig", m.kubeconfig)...)
+	out, err := cmd.CombinedOutput()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return string(out), 0
+	case errors.As(err, &exit) && exit.ExitCode() >= 0:
+		return string(out), exit.ExitCode()
+	default:
+		return fmt.Sprintf("%s\n(%v)", out, err), -1
+	}
+}
+
+// mustCLI runs a peerd command that must succeed and returns its output.
+func (m *kubeMesh) mustCLI(t *testing.T, ctx context.Context, args ...string) string {
+	t.Helper()
+	out, code := m.cli(ctx, args...)
+	if code != 0 {
+		t.Fatalf("peerd %s: exit %d:\n%s", strings.Join(args, " "), code, out)
+	}
+	return out
+}
+
+// expectCheckHealthy runs `peerd check --wait` over every context: it must
+// exit 0 once the mesh is healthy.
+func (m *kubeMesh) expectCheckHealthy(t *testing.T, ctx context.Context) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, checkWait)
+	defer cancel()
+	args := []string{"check", "--contexts", m.contexts(), "--wait"}
+	if out, code := m.cli(ctx, args...); code != 0 {
+		t.Fatalf("peerd %s on the healthy mesh: exit %d:\n%s", strings.Join(args, " "), code, out)
+	}
+}
+
+// expectCheckNames runs `peerd check` (without --wait) until it exits
+// non-zero naming the broken cluster (its context, name or network), and
+// fails the test if it never does within checkWait.
+func (m *kubeMesh) expectCheckNames(t *testing.T, ctx context.Context, broken *kubeMeshCluster) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, checkWait)
+	defer cancel()
+	names := regexp.MustCompile(`\b(` + regexp.QuoteMeta(broken.Context) + `|` + regexp.QuoteMeta(broken.Name) +
+		`|` + regexp.QuoteMeta(broken.Network) + `)\b`)
+	var out string
+	var code int
+	err := mesh.Poll(ctx, func() (bool, error) {
+		out, code = m.cli(ctx, "check", "--contexts", m.contexts())
+		return code > 0 && names.MatchString(out), nil
+	})
+	if err != nil {
+		t.Fatalf("peerd check after %s's peerd stopped: want a non-zero exit naming %s; last exit %d:\n%s",
+			broken.Name, broken.Name, code, out)
+	}
+	t.Logf("peerd check with %s's peerd stopped (exit %d):\n%s", broken.Name, code, out)
+}
+
+// addressEastWest plays the gateway controller: the east-west Gateway that
+// `peerd expose` wrote gets the relay's address in status.addresses.
+func (c *kubeMeshCluster) addressEastWest(t *testing.T, ctx context.Context) {
+	t.Helper()
+	gws := c.gateways(t, ctx, federation.ClassEastWest)
+	if len(gws) != 1 {
+		t.Fatalf("%s: after peerd expose, %s holds east-west Gateways %v, want one", c.Name, gatewayNamespace, gatewayNames(gws))
+	}
+	gw := gws[0]
+	if got := gw.Labels[federation.LabelNetwork]; got != c.Network {
+		t.Errorf("%s: gateway %s/%s: label %s = %q, want %q (the system namespace's)", c.Name, gw.Namespace, gw.Name,
+			federation.LabelNetwork, got, c.Network)
+	}
+	ipType := gatewayv1.IPAddressType
+	gw.Status.Addresses = []gatewayv1.GatewayStatusAddress{{Type: &ipType, Value: c.GatewayIP}}
+	if _, err := c.Kube.Gateway.GatewayV1().Gateways(gw.Namespace).UpdateStatus(ctx, &gw, metav1.UpdateOptions{}); err != nil {
+		t.Fatalf("%s: gateway %s/%s: status.addresses: %v", c.Name, gw.Namespace, gw.Name, err)
+	}
+	c.LinkID = gw.Labels[federation.LabelCluster]
+	if c.LinkID == "" {
+		c.LinkID = c.Network
+	}
+}
+
+// gateways lists the Gateways of a class in gatewayNamespace.
+func (c *kubeMeshCluster) gateways(t *testing.T, ctx context.Context, class string) []gatewayv1.Gateway {
+	t.Helper()
+	list, err := c.Kube.Gateway.GatewayV1().Gateways(gatewayNamespace).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatalf("%s: list gateways: %v", c.Name, err)
+	}
+	var out []gatewayv1.Gateway
+	for _, gw := range list.Items {
+		if string(gw.Spec.GatewayClassName) == class {
+			out = append(out, gw)
+		}
+	}
+	return out
+}
+
+// links lists c's istio-remote Gateways.
+func (c *kubeMeshCluster) links(t *testing.T, ctx context.Context) []gatewayv1.Gateway {
+	t.Helper()
+	return c.gateways(t, ctx, federation.ClassRemote)
+}
+
+// expectLink checks that c holds exactly one link to target and that it
+// describes target as the guide says: its gateway's address and port, its
+// network, cluster and trust domain.
+func (c *kubeMeshCluster) expectLink(t *testing.T, ctx context.Context, target *kubeMeshCluster) {
+	t.Helper()
+	var found []federation.Link
+	for _, gw := range c.links(t, ctx) {
+		l, err := federation.ParseLink(&gw)
+		if err != nil {
+			t.Errorf("%s: %v", c.Name, err)
+			continue
+		}
+		if l.Network == target.Network {
+			found = append(found, l)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%s: %d links to network %s, want one: %+v", c.Name, len(found), target.Network, found)
+	}
+	l := found[0]
+	want := fmt.Sprintf("cluster=%s trustDomain=%s dial=%s", target.LinkID, target.TrustDomain,
+		net.JoinHostPort(target.GatewayIP, strconv.Itoa(xdsTLSPort)))
+	if got := fmt.Sprintf("cluster=%s trustDomain=%s dial=%s", l.Cluster, l.TrustDomain, l.Dial()); got != want {
+		t.Errorf("%s: link %s: %s, want %s", c.Name, l.Gateway, got, want)
+	}
+	if !slices.Equal(l.Addresses, []string{target.GatewayIP}) {
+		t.Errorf("%s: link %s: spec.addresses %v, want [%s]", c.Name, l.Gateway, l.Addresses, target.GatewayIP)
+	}
+}
+
+func gatewayNames(gws []gatewayv1.Gateway) []string {
+	var out []string
+	for _, gw := range gws {
+		out = append(out, gw.Namespace+"/"+gw.Name)
+	}
+	return out
+}
+
+// setServiceScope sets (or, with "", removes) a Service's
+// solo.io/service-scope label through the API, as `kubectl label` does.
+func (c *kubeMeshCluster) setServiceScope(t *testing.T, ctx context.Context, ns, name, scope string) {
+	t.Helper()
+	value := "null"
+	if scope != "" {
+		value = strconv.Quote(scope)
+	}
+	patch := fmt.Sprintf(`{"metadata":{"labels":{"solo.io/service-scope":%s}}}`, value)
+	if _, err := c.Kube.Kube.CoreV1().Services(ns).Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatalf("%s: service %s/%s: label solo.io/service-scope=%q: %v", c.Name, ns, name, scope, err)
+	}
+}
+
+// token is a service-account token of ztunnel's account in the system
+// namespace, from the TokenRequest API, for audience.
+func (c *kubeMeshCluster) token(t *testing.T, ctx context.Context, audience string) string {
+	t.Helper()
+	const sa = "ztunnel"
+	accounts := c.Kube.Kube.CoreV1().ServiceAccounts(mesh.SystemNamespace)
+	_, err := accounts.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("%s: serviceaccount %s/%s: %v", c.Name, mesh.SystemNamespace, sa, err)
+	}
+	expiry := int64(3600)
+	tr, err := accounts.CreateToken(ctx, sa, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{audience}, ExpirationSeconds: &expiry},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("%s: token for serviceaccount %s/%s, audience %s: %v", c.Name, mesh.SystemNamespace, sa, audience, err)
+	}
+	return tr.Status.Token
+}
+
+// ztunnelCredentials are what ztunnel dials its control plane with: the
+// mesh root, the name on istiod's certificate, no client certificate.
+func (m *kubeMesh) ztunnelCredentials(t *testing.T) credentials.TransportCredentials {
+	t.Helper()
+	cfg, err := certs.ClientTLSConfig(filepath.Join(m.pki, "root-cert.pem"), "istiod."+mesh.SystemNamespace+".svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return credentials.NewTLS(cfg)
+}
+
+// ztunnel connects a ztunnel-like client to c's TLS listener with token,
+// as a ztunnel on node-a of c, and waits until it is ready.
+func (m *kubeMesh) ztunnel(t *testing.T, c *kubeMeshCluster, token string) *ztunnel.Client {
+	t.Helper()
+	return connectZtunnel(t, ztunnel.Config{
+		Target:      c.Listen,
+		ClusterID:   c.Name,
+		Network:     c.Network,
+		NodeName:    "node-a",
+		PodName:     "ztunnel-" + c.Name,
+		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(m.ztunnelCredentials(t))},
+		Headers:     map[string]string{"authorization": "Bearer " + token, "clusterid": c.Name},
+	})
+}
+
+// waitSplitHorizon waits until z holds the split-horizon workload that
+// stands for from's endpoints of the service key: on from's network,
+// reached through from's east-west gateway.
+func waitSplitHorizon(t *testing.T, z *ztunnel.Client, key string, from *kubeMeshCluster) {
+	t.Helper()
+	wantGW := from.Network + "/" + from.GatewayIP
+	var seen string
+	waitStateFor(t, z, peeringWait, fmt.Sprintf("%s: %s's split-horizon workload via %s", key, from.Name, wantGW),
+		func(s *ztunnel.State) bool {
+			w := splitHorizon(s, key, from.LinkID)
+			if w == nil {
+				seen = fmt.Sprintf("none; endpoints from %v", endpointClusters(s, key))
+				return false
+			}
+			seen = fmt.Sprintf("network %s, gateway %s", w.GetNetwork(), gatewayAddress(w))
+			return w.GetNetwork() == from.Network && gatewayAddress(w) == wantGW
+		}, func() string { return seen })
+}
