@@ -20,8 +20,10 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	authenticationv1 "k8s.io/api/authentication/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/clientcmd"
@@ -30,6 +32,7 @@ import (
 
 	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/federation"
+	"github.com/peerd-mesh/peerd/internal/kubestate"
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
 	"github.com/peerd-mesh/peerd/test/mesh"
 	"github.com/peerd-mesh/peerd/test/ztunnel"
@@ -106,6 +109,16 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 	}
 	waitEndpointClusters(t, z1, globalKey("hello", "echo"), c1.Name, c2.LinkID, c3.LinkID)
 
+	// The live state is in the API: every link's Gateway says synced, and
+	// every peerd holds its Lease under its pod's name.
+	for _, from := range m.clusters {
+		from.expectLease(t, ctx, func(l *coordinationv1.Lease) bool { return leaseHeldBy(l, from.podName()) })
+		for _, to := range m.clusters {
+			if from != to {
+				from.expectLinkCondition(t, ctx, to, federation.ConditionSynced, metav1.ConditionTrue)
+			}
+		}
+	}
 	// peerd check passes once every link reports synced.
 	m.expectCheckHealthy(t, ctx)
 
@@ -156,6 +169,10 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 	// reports the broken links, naming cluster3, and fails.
 	c3.Peerd.Stop()
 	m.expectCheckNames(t, ctx, c3)
+	c3.expectLease(t, ctx, func(l *coordinationv1.Lease) bool { return !leaseHeldBy(l, c3.podName()) })
+	for _, from := range []*kubeMeshCluster{c1, c2} {
+		from.expectLinkCondition(t, ctx, c3, federation.ConditionConnected, metav1.ConditionFalse)
+	}
 }
 
 // kubeMesh is three API servers, their merged kubeconfig, a shared root and
@@ -214,7 +231,7 @@ func startKubeMesh(t *testing.T, ctx context.Context) *kubeMesh {
 				"--peer-sync-timeout", "5s", "--drain-duration", "0s"},
 			// The downward API gives a pod its name; peerd holds its Lease
 			// under it.
-			Env: []string{"POD_NAME=peerd-" + c.Name},
+			Env: []string{"POD_NAME=" + c.podName()},
 		})
 	}
 	return m
@@ -527,4 +544,73 @@ func waitSplitHorizon(t *testing.T, z *ztunnel.Client, key string, from *kubeMes
 			seen = fmt.Sprintf("network %s, gateway %s", w.GetNetwork(), gatewayAddress(w))
 			return w.GetNetwork() == from.Network && gatewayAddress(w) == wantGW
 		}, func() string { return seen })
+}
+
+// podName is the name c's peerd runs under (POD_NAME), its Lease's holder.
+func (c *kubeMeshCluster) podName() string { return "peerd-" + c.Name }
+
+// expectLease waits until c's peerd Lease satisfies ok.
+func (c *kubeMeshCluster) expectLease(t *testing.T, ctx context.Context, ok func(*coordinationv1.Lease) bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, checkWait)
+	defer cancel()
+	var last string
+	err := mesh.Poll(ctx, func() (bool, error) {
+		l, err := c.Kube.Kube.CoordinationV1().Leases(mesh.SystemNamespace).Get(ctx, kubestate.LeaseName, metav1.GetOptions{})
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		last = fmt.Sprintf("holder %q, renewed %v, duration %ds", ptrValue(l.Spec.HolderIdentity),
+			ptrValue(l.Spec.RenewTime), ptrValue(l.Spec.LeaseDurationSeconds))
+		return ok(l), nil
+	})
+	if err != nil {
+		t.Fatalf("%s: lease %s/%s: %v (last: %s)", c.Name, mesh.SystemNamespace, kubestate.LeaseName, err, last)
+	}
+}
+
+// leaseHeldBy reports whether holder holds l and its term has not run out.
+func leaseHeldBy(l *coordinationv1.Lease, holder string) bool {
+	if ptrValue(l.Spec.HolderIdentity) != holder || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
+		return false
+	}
+	term := time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second
+	return time.Since(l.Spec.RenewTime.Time) < term
+}
+
+func ptrValue[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+// expectLinkCondition waits until c's link to target carries the condition
+// with that status in its Gateway's status.
+func (c *kubeMeshCluster) expectLinkCondition(t *testing.T, ctx context.Context, target *kubeMeshCluster, condType string, want metav1.ConditionStatus) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(ctx, checkWait)
+	defer cancel()
+	var last string
+	err := mesh.Poll(ctx, func() (bool, error) {
+		last = "no link"
+		for _, gw := range c.links(t, ctx) {
+			if gw.Labels[federation.LabelNetwork] != target.Network {
+				continue
+			}
+			cond := meta.FindStatusCondition(gw.Status.Conditions, condType)
+			if cond == nil {
+				last = fmt.Sprintf("gateway %s/%s: no condition %s in %v", gw.Namespace, gw.Name, condType, gw.Status.Conditions)
+				return false, nil
+			}
+			last = fmt.Sprintf("gateway %s/%s: %s=%s reason %s: %s", gw.Namespace, gw.Name, cond.Type, cond.Status, cond.Reason, cond.Message)
+			return cond.Status == want, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: link to %s: waiting for %s=%s: %v (last: %s)", c.Name, target.Name, condType, want, err, last)
+	}
 }
