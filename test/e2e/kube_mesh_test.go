@@ -72,7 +72,7 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 	// expose: the CLI writes each cluster's east-west Gateway; the test
 	// plays the gateway controller and gives it its address.
 	for _, c := range m.clusters {
-		m.mustCLI(t, ctx, "expose", "--namespace", gatewayNamespace, "--context", c.Context)
+		m.mustCLI(t, ctx, "expose", "--namespace", gatewayNamespace, "--context", c.Context, "--cluster", c.Name)
 		c.addressEastWest(t, ctx)
 	}
 	// link: every pair, both ways.
@@ -353,9 +353,11 @@ func (m *kubeMesh) mustCLI(t *testing.T, ctx context.Context, args ...string) st
 // exit 0 once the mesh is healthy.
 func (m *kubeMesh) expectCheckHealthy(t *testing.T, ctx context.Context) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, checkWait)
+	// The command's own --timeout says how long to wait; the context only
+	// stops a command that ignores it.
+	ctx, cancel := context.WithTimeout(ctx, checkWait+10*time.Second)
 	defer cancel()
-	args := []string{"check", "--contexts", m.contexts(), "--wait"}
+	args := []string{"check", "--contexts", m.contexts(), "--wait", "--timeout", checkWait.String()}
 	if out, code := m.cli(ctx, args...); code != 0 {
 		t.Fatalf("peerd %s on the healthy mesh: exit %d:\n%s", strings.Join(args, " "), code, out)
 	}
