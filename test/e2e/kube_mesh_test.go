@@ -107,7 +107,7 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 	for _, z := range []*ztunnel.Client{z1, z3} {
 		waitSplitHorizon(t, z, greeter, c2)
 	}
-	waitEndpointClusters(t, z1, globalKey("hello", "echo"), c1.Name, c2.LinkID, c3.LinkID)
+	waitEndpointClusters(t, z1, globalKey("hello", "echo"), c1.Name, c2.Name, c3.Name)
 
 	// The live state is in the API: every link's Gateway says synced, and
 	// every peerd holds its Lease under its pod's name.
@@ -135,7 +135,7 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 	c2.setServiceScope(t, ctx, "hello", "audit", "global")
 	for _, z := range []*ztunnel.Client{z1, z3} {
 		waitSplitHorizon(t, z, audit, c2)
-		waitEndpointClusters(t, z, audit, c2.LinkID)
+		waitEndpointClusters(t, z, audit, c2.Name)
 	}
 	// Remove the label: withdrawn everywhere.
 	c2.setServiceScope(t, ctx, "hello", "audit", "")
@@ -156,7 +156,7 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 		_, ok := s.Services[greeter]
 		return !ok && len(endpointClusters(s, greeter)) == 0
 	}, func() string { return fmt.Sprintf("endpoints from %v", endpointClusters(stateOf(z1), greeter)) })
-	waitEndpointClusters(t, z1, globalKey("hello", "echo"), c1.Name, c3.LinkID)
+	waitEndpointClusters(t, z1, globalKey("hello", "echo"), c1.Name, c3.Name)
 	waitSplitHorizon(t, z3, greeter, c2)
 
 	// Link it again one way, and the mesh is whole and healthy again.
@@ -195,10 +195,6 @@ type kubeMeshCluster struct {
 	Relay     *mesh.Relay
 	Listen    string // peerd's TLS listener
 	Peerd     *peerdProcess
-	// LinkID is the cluster id the other clusters' links give this one:
-	// topology.istio.io/cluster of its east-west Gateway, else its network
-	// (set by addressEastWest).
-	LinkID string
 }
 
 // startKubeMesh starts the API servers, applies examples/multicluster and
@@ -403,9 +399,9 @@ func (c *kubeMeshCluster) addressEastWest(t *testing.T, ctx context.Context) {
 	if _, err := c.Kube.Gateway.GatewayV1().Gateways(gw.Namespace).UpdateStatus(ctx, &gw, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("%s: gateway %s/%s: status.addresses: %v", c.Name, gw.Namespace, gw.Name, err)
 	}
-	c.LinkID = gw.Labels[federation.LabelCluster]
-	if c.LinkID == "" {
-		c.LinkID = c.Network
+	if got := gw.Labels[federation.LabelCluster]; got != c.Name {
+		t.Errorf("%s: gateway %s/%s: label %s = %q, want %q (expose --cluster)", c.Name, gw.Namespace, gw.Name,
+			federation.LabelCluster, got, c.Name)
 	}
 }
 
@@ -451,7 +447,7 @@ func (c *kubeMeshCluster) expectLink(t *testing.T, ctx context.Context, target *
 		t.Fatalf("%s: %d links to network %s, want one: %+v", c.Name, len(found), target.Network, found)
 	}
 	l := found[0]
-	want := fmt.Sprintf("cluster=%s trustDomain=%s dial=%s", target.LinkID, target.TrustDomain,
+	want := fmt.Sprintf("cluster=%s trustDomain=%s dial=%s", target.Name, target.TrustDomain,
 		net.JoinHostPort(target.GatewayIP, strconv.Itoa(xdsTLSPort)))
 	if got := fmt.Sprintf("cluster=%s trustDomain=%s dial=%s", l.Cluster, l.TrustDomain, l.Dial()); got != want {
 		t.Errorf("%s: link %s: %s, want %s", c.Name, l.Gateway, got, want)
@@ -538,7 +534,7 @@ func waitSplitHorizon(t *testing.T, z *ztunnel.Client, key string, from *kubeMes
 	var seen string
 	waitStateFor(t, z, peeringWait, fmt.Sprintf("%s: %s's split-horizon workload via %s", key, from.Name, wantGW),
 		func(s *ztunnel.State) bool {
-			w := splitHorizon(s, key, from.LinkID)
+			w := splitHorizon(s, key, from.Name)
 			if w == nil {
 				seen = fmt.Sprintf("none; endpoints from %v", endpointClusters(s, key))
 				return false
