@@ -168,7 +168,7 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 	// Stop cluster3's peerd (SIGTERM: it gives up its Lease): peerd check
 	// reports the broken links, naming cluster3, and fails.
 	c3.Peerd.Stop()
-	m.expectCheckNames(t, ctx, c3)
+	m.expectCheckReportsBrokenLinks(t, ctx, c3)
 	c3.expectLease(t, ctx, func(l *coordinationv1.Lease) bool { return !leaseHeldBy(l, c3.podName()) })
 	for _, from := range []*kubeMeshCluster{c1, c2} {
 		from.expectLinkCondition(t, ctx, c3, federation.ConditionConnected, metav1.ConditionFalse)
@@ -359,10 +359,11 @@ func (m *kubeMesh) expectCheckHealthy(t *testing.T, ctx context.Context) {
 	}
 }
 
-// expectCheckNames runs `peerd check` (without --wait) until it exits
-// non-zero naming the broken cluster (its context, name or network), and
-// fails the test if it never does within checkWait.
-func (m *kubeMesh) expectCheckNames(t *testing.T, ctx context.Context, broken *kubeMeshCluster) {
+// expectCheckReportsBrokenLinks runs `peerd check` (without --wait) until
+// it exits non-zero and, in the section of every other cluster, reports
+// the link to broken as not OK, naming broken (its context, name or
+// network); it fails the test if that does not happen within checkWait.
+func (m *kubeMesh) expectCheckReportsBrokenLinks(t *testing.T, ctx context.Context, broken *kubeMeshCluster) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, checkWait)
 	defer cancel()
@@ -372,13 +373,49 @@ func (m *kubeMesh) expectCheckNames(t *testing.T, ctx context.Context, broken *k
 	var code int
 	err := mesh.Poll(ctx, func() (bool, error) {
 		out, code = m.cli(ctx, "check", "--contexts", m.contexts())
-		return code > 0 && names.MatchString(out), nil
+		if code <= 0 {
+			return false, nil
+		}
+		sections := checkSections(out)
+		for _, c := range m.clusters {
+			if c == broken {
+				continue
+			}
+			reported := slices.ContainsFunc(sections[c.Context], func(line string) bool {
+				return !strings.HasPrefix(line, checkOK) && strings.Contains(line, "link") && names.MatchString(line)
+			})
+			if !reported {
+				return false, nil
+			}
+		}
+		return true, nil
 	})
 	if err != nil {
-		t.Fatalf("peerd check after %s's peerd stopped: want a non-zero exit naming %s; last exit %d:\n%s",
+		t.Fatalf("peerd check after %s's peerd stopped: want a non-zero exit and, for every other cluster, its link to %s reported not OK; last exit %d:\n%s",
 			broken.Name, broken.Name, code, out)
 	}
 	t.Logf("peerd check with %s's peerd stopped (exit %d):\n%s", broken.Name, code, out)
+}
+
+// checkOK starts the line of a check that passed in `peerd check`'s report.
+const checkOK = "✔"
+
+// checkSections splits `peerd check --contexts` output into its per-cluster
+// sections: a line without indentation names the context, the indented
+// lines under it (trimmed) are its checks.
+func checkSections(out string) map[string][]string {
+	sections := map[string][]string{}
+	var cur string
+	for _, line := range strings.Split(out, "\n") {
+		switch {
+		case strings.TrimSpace(line) == "":
+		case !strings.HasPrefix(line, " "):
+			cur = strings.TrimSpace(line)
+		case cur != "":
+			sections[cur] = append(sections[cur], strings.TrimSpace(line))
+		}
+	}
+	return sections
 }
 
 // addressEastWest plays the gateway controller: the east-west Gateway that
