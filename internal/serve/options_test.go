@@ -24,6 +24,9 @@ func TestValidate(t *testing.T) {
 		{"negative drain duration", func(o *Options) { o.DrainDuration = -1 }, "--drain-duration"},
 		{"no drain window", func(o *Options) { o.DrainDuration = 0 }, ""},
 		{"no file size limit", func(o *Options) { o.MaxFileSize = 0 }, "--max-file-size"},
+		{"no token audience in Kubernetes mode", func(o *Options) { o.TokenAudiences = nil }, "--token-audience"},
+		{"an empty token audience", func(o *Options) { o.TokenAudiences = []string{"istio-ca", ""} }, "--token-audience"},
+		{"file mode reviews no tokens", func(o *Options) { o.ConfigDir, o.TokenAudiences = "/etc/peerd", nil }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
