@@ -18,16 +18,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/status"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/peerd-mesh/peerd/internal/certs"
@@ -87,22 +82,18 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 
 	// ztunnel authentication on the TLS listener: nothing without a token,
 	// nothing with a token for another audience or from another cluster.
-	tlsCreds := m.ztunnelCredentials(t)
-	for name, headers := range map[string]map[string]string{
-		"no token":                  nil,
-		"a token for another aud":   {"authorization": "Bearer " + c1.token(t, ctx, "not-"+tokenAudience)},
-		"a token from cluster2":     {"authorization": "Bearer " + c2.token(t, ctx, tokenAudience)},
-		"a token that is not a JWT": {"authorization": "Bearer not-a-token"},
+	for what, token := range map[string]string{
+		"no token":                        "",
+		"a token for another audience":    serviceAccountToken(t, ctx, c1.Kube, "ztunnel", "not-"+tokenAudience),
+		"a token from cluster2's API":     serviceAccountToken(t, ctx, c2.Kube, "ztunnel", tokenAudience),
+		"a bearer value that is no token": "not-a-token",
 	} {
-		err := openDeltaStreamWith(c1.Listen, headers, grpc.WithTransportCredentials(tlsCreds))
-		if status.Code(err) != codes.Unauthenticated {
-			t.Errorf("ztunnel with %s: stream ended with %v, want code Unauthenticated", name, err)
-		}
+		m.expectUnauthenticated(t, c1, what, token)
 	}
 	// With a real token (TokenRequest API, audience istio-ca) it gets the
 	// mesh: cluster2's global-only greeter arrives through the link.
-	z1 := m.ztunnel(t, c1, c1.token(t, ctx, tokenAudience))
-	z3 := m.ztunnel(t, c3, c3.token(t, ctx, tokenAudience))
+	z1 := m.ztunnel(t, c1, serviceAccountToken(t, ctx, c1.Kube, "ztunnel", tokenAudience))
+	z3 := m.ztunnel(t, c3, serviceAccountToken(t, ctx, c3.Kube, "ztunnel", tokenAudience))
 	greeter := globalKey("hello", "greeter")
 	for _, z := range []*ztunnel.Client{z1, z3} {
 		waitSplitHorizon(t, z, greeter, c2)
@@ -218,7 +209,14 @@ func startKubeMesh(t *testing.T, ctx context.Context) *kubeMesh {
 		c.writeMeshConfig(t, ctx)
 		m.clusters = append(m.clusters, c)
 	}
-	m.kubeconfig = m.mergedKubeconfig(t)
+	byContext := map[string]*kubeharness.Cluster{}
+	for _, c := range m.clusters {
+		byContext[c.Context] = c.Kube
+	}
+	m.kubeconfig = filepath.Join(t.TempDir(), "kubeconfig")
+	if err := kubeharness.MergedKubeconfig(m.kubeconfig, byContext); err != nil {
+		t.Fatal(err)
+	}
 	m.startRelays(t)
 	for _, c := range m.clusters {
 		c.Peerd = startPeerd(t, peerdOptions{
@@ -245,29 +243,6 @@ func (c *kubeMeshCluster) writeMeshConfig(t *testing.T, ctx context.Context) {
 	if _, err := c.Kube.Kube.CoreV1().ConfigMaps(cm.Namespace).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("%s: configmap %s/%s: %v", c.Name, cm.Namespace, cm.Name, err)
 	}
-}
-
-// mergedKubeconfig writes one kubeconfig holding every cluster's context,
-// named c1, c2, c3, as an operator's kubeconfig holds several clusters.
-func (m *kubeMesh) mergedKubeconfig(t *testing.T) string {
-	t.Helper()
-	merged := clientcmdapi.NewConfig()
-	for _, c := range m.clusters {
-		cfg, err := clientcmd.LoadFromFile(c.Kube.Kubeconfig)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cur := cfg.Contexts[cfg.CurrentContext]
-		merged.Clusters[c.Context] = cfg.Clusters[cur.Cluster]
-		merged.AuthInfos[c.Context] = cfg.AuthInfos[cur.AuthInfo]
-		merged.Contexts[c.Context] = &clientcmdapi.Context{Cluster: c.Context, AuthInfo: c.Context}
-	}
-	merged.CurrentContext = m.clusters[0].Context
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*merged, path); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // startRelays gives every cluster's east-west gateway its own loopback
@@ -516,26 +491,6 @@ func (c *kubeMeshCluster) setServiceScope(t *testing.T, ctx context.Context, ns,
 	}
 }
 
-// token is a service-account token of ztunnel's account in the system
-// namespace, from the TokenRequest API, for audience.
-func (c *kubeMeshCluster) token(t *testing.T, ctx context.Context, audience string) string {
-	t.Helper()
-	const sa = "ztunnel"
-	accounts := c.Kube.Kube.CoreV1().ServiceAccounts(mesh.SystemNamespace)
-	_, err := accounts.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("%s: serviceaccount %s/%s: %v", c.Name, mesh.SystemNamespace, sa, err)
-	}
-	expiry := int64(3600)
-	tr, err := accounts.CreateToken(ctx, sa, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{audience}, ExpirationSeconds: &expiry},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("%s: token for serviceaccount %s/%s, audience %s: %v", c.Name, mesh.SystemNamespace, sa, audience, err)
-	}
-	return tr.Status.Token
-}
-
 // ztunnelCredentials are what ztunnel dials its control plane with: the
 // mesh root, the name on istiod's certificate, no client certificate.
 func (m *kubeMesh) ztunnelCredentials(t *testing.T) credentials.TransportCredentials {
@@ -547,19 +502,57 @@ func (m *kubeMesh) ztunnelCredentials(t *testing.T) credentials.TransportCredent
 	return credentials.NewTLS(cfg)
 }
 
-// ztunnel connects a ztunnel-like client to c's TLS listener with token,
-// as a ztunnel on node-a of c, and waits until it is ready.
-func (m *kubeMesh) ztunnel(t *testing.T, c *kubeMeshCluster, token string) *ztunnel.Client {
+// ztunnelConfig is a ztunnel on node-a of c, on c's TLS listener, sending
+// token (none when empty).
+func (m *kubeMesh) ztunnelConfig(t *testing.T, c *kubeMeshCluster, token string) ztunnel.Config {
 	t.Helper()
-	return connectZtunnel(t, ztunnel.Config{
+	return ztunnel.Config{
 		Target:      c.Listen,
 		ClusterID:   c.Name,
 		Network:     c.Network,
 		NodeName:    "node-a",
 		PodName:     "ztunnel-" + c.Name,
 		DialOptions: []grpc.DialOption{grpc.WithTransportCredentials(m.ztunnelCredentials(t))},
-		Headers:     map[string]string{"authorization": "Bearer " + token, "clusterid": c.Name},
+		Headers:     map[string]string{"clusterid": c.Name},
+		Token:       token,
+	}
+}
+
+// ztunnel connects a ztunnel-like client to c's TLS listener with token
+// and waits until it is ready.
+func (m *kubeMesh) ztunnel(t *testing.T, c *kubeMeshCluster, token string) *ztunnel.Client {
+	t.Helper()
+	return connectZtunnel(t, m.ztunnelConfig(t, c, token))
+}
+
+// expectUnauthenticated connects a ztunnel-like client to c's TLS listener
+// with token and expects its stream to end with Unauthenticated before it
+// received anything.
+func (m *kubeMesh) expectUnauthenticated(t *testing.T, c *kubeMeshCluster, what, token string) {
+	t.Helper()
+	z := ztunnel.New(m.ztunnelConfig(t, c, token))
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	done := make(chan error, 1)
+	go func() { done <- z.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("ztunnel client with %s: %v", what, err)
+		}
+	}()
+	var got ztunnel.State
+	err := z.WaitFor(ctx, func(s *ztunnel.State) bool {
+		got = ztunnel.State{LastError: s.LastError, Responses: s.Responses, Ready: s.Ready}
+		return s.LastError != "" || s.Responses > 0
 	})
+	switch {
+	case err != nil:
+		t.Errorf("ztunnel client with %s: no answer from %s: %v", what, c.Name, err)
+	case got.Responses > 0 || got.Ready:
+		t.Errorf("ztunnel client with %s: %s served it (%d responses)", what, c.Name, got.Responses)
+	case !strings.Contains(got.LastError, "code = "+codes.Unauthenticated.String()):
+		t.Errorf("ztunnel client with %s: stream ended with %q, want code %s", what, got.LastError, codes.Unauthenticated)
+	}
 }
 
 // waitSplitHorizon waits until z holds the split-horizon workload that

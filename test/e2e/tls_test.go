@@ -11,7 +11,6 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/test/ztunnel"
@@ -81,12 +80,6 @@ func TestCADirFromAnotherRootIsRejectedAtStart(t *testing.T) {
 
 // openDeltaStream opens one delta ADS stream and waits for a first response.
 func openDeltaStream(target string, opts ...grpc.DialOption) error {
-	return openDeltaStreamWith(target, nil, opts...)
-}
-
-// openDeltaStreamWith is openDeltaStream sending headers as the stream's
-// metadata (ztunnel's "authorization: Bearer <token>").
-func openDeltaStreamWith(target string, headers map[string]string, opts ...grpc.DialOption) error {
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return err
@@ -94,7 +87,6 @@ func openDeltaStreamWith(target string, headers map[string]string, opts ...grpc.
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	ctx = metadata.NewOutgoingContext(ctx, metadata.New(headers))
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx)
 	if err != nil {
 		return err
