@@ -91,7 +91,7 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 		m.expectUnauthenticated(t, c1, what, token)
 	}
 	// With a real token (TokenRequest API, audience istio-ca) it gets the
-	// mesh: cluster2's global-only greeter arrives through the link.
+	// mesh: greeter, which only cluster2 has, arrives through the links.
 	z1 := m.ztunnel(t, c1, serviceAccountToken(t, ctx, c1.Kube, "ztunnel", tokenAudience))
 	z3 := m.ztunnel(t, c3, serviceAccountToken(t, ctx, c3.Kube, "ztunnel", tokenAudience))
 	greeter := globalKey("hello", "greeter")
@@ -156,9 +156,10 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 	waitSplitHorizon(t, z1, greeter, c2)
 	m.expectCheckHealthy(t, ctx)
 
-	// Stop cluster3's peerd (SIGTERM: it gives up its Lease): peerd check
-	// reports the broken links, naming cluster3, and fails.
-	c3.Peerd.Stop()
+	// Stop cluster3's peerd as the kubelet does (SIGTERM: it gives up its
+	// Lease): peerd check reports the broken links, naming cluster3, and
+	// fails.
+	c3.Peerd.Terminate()
 	m.expectCheckReportsBrokenLinks(t, ctx, c3)
 	c3.expectLease(t, ctx, func(l *coordinationv1.Lease) bool { return !leaseHeldBy(l, c3.podName()) })
 	for _, from := range []*kubeMeshCluster{c1, c2} {
@@ -310,14 +311,12 @@ func (m *kubeMesh) cli(ctx context.Context, args ...string) (string, int) {
 	}
 }
 
-// mustCLI runs a peerd command that must succeed and returns its output.
-func (m *kubeMesh) mustCLI(t *testing.T, ctx context.Context, args ...string) string {
+// mustCLI runs a peerd command that must succeed.
+func (m *kubeMesh) mustCLI(t *testing.T, ctx context.Context, args ...string) {
 	t.Helper()
-	out, code := m.cli(ctx, args...)
-	if code != 0 {
+	if out, code := m.cli(ctx, args...); code != 0 {
 		t.Fatalf("peerd %s: exit %d:\n%s", strings.Join(args, " "), code, out)
 	}
-	return out
 }
 
 // expectCheckHealthy runs `peerd check --wait` over every context: it must

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -152,13 +153,20 @@ func hasFlag(args []string, flag string) bool {
 }
 
 // Stop ends the process (idempotent).
-func (p *peerdProcess) Stop() {
+func (p *peerdProcess) Stop() { p.stopWith(os.Interrupt) }
+
+// Terminate ends the process as the kubelet ends a pod: SIGTERM.
+func (p *peerdProcess) Terminate() { p.stopWith(syscall.SIGTERM) }
+
+// stopWith sends sig and waits for the process to exit, killing it after
+// 10s.
+func (p *peerdProcess) stopWith(sig os.Signal) {
 	select {
 	case <-p.exited:
 		return
 	default:
 	}
-	_ = p.cmd.Process.Signal(os.Interrupt)
+	_ = p.cmd.Process.Signal(sig)
 	select {
 	case <-p.exited:
 	case <-time.After(10 * time.Second):
