@@ -51,7 +51,9 @@ const (
 
 // TestKubernetesMeshEndToEnd is the operator's path on three real API
 // servers (issue 9, "end to end"): a shared root from `peerd certs`, three
-// `peerd serve --kubeconfig` in Kubernetes mode, each behind a
+// `peerd serve --kubeconfig` in Kubernetes mode (as their own service
+// account under the documented RBAC, trust domain from the istio
+// ConfigMap, Lease holder from POD_NAME), each behind a
 // TLS-passthrough relay standing in for its east-west gateway, `peerd
 // expose` and `peerd link` through one merged kubeconfig, then what the
 // guide promises: a Service labelled global through the API reaches the
@@ -165,6 +167,11 @@ func TestKubernetesMeshEndToEnd(t *testing.T) {
 	for _, from := range []*kubeMeshCluster{c1, c2} {
 		from.expectLinkCondition(t, ctx, c3, federation.ConditionConnected, metav1.ConditionFalse)
 	}
+	for _, c := range m.clusters {
+		if logs := c.Peerd.Logs(); strings.Contains(strings.ToLower(logs), "forbidden") {
+			t.Errorf("%s: peerd was refused something under the documented RBAC:\n%s", c.Name, logs)
+		}
+	}
 }
 
 // kubeMesh is three API servers, their merged kubeconfig, a shared root and
@@ -221,7 +228,8 @@ func startKubeMesh(t *testing.T, ctx context.Context) *kubeMesh {
 	m.startRelays(t)
 	for _, c := range m.clusters {
 		c.Peerd = startPeerd(t, peerdOptions{
-			Args: []string{"--cluster-name", c.Name, "--kubeconfig", c.Kube.Kubeconfig,
+			// As installed: its own service account, the documented RBAC.
+			Args: []string{"--cluster-name", c.Name, "--kubeconfig", peerdKubeconfig(t, ctx, c.Kube),
 				"--ca-dir", filepath.Join(m.pki, c.Name), "--listen", c.Listen,
 				"--peer-sync-timeout", "5s", "--drain-duration", "0s"},
 			// The downward API gives a pod its name; peerd holds its Lease
