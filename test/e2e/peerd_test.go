@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -94,6 +95,9 @@ type peerdOptions struct {
 	MonitoringListen, MonitoringAddr string
 	// NoWait returns without waiting for /readyz.
 	NoWait bool
+	// Env is added to the test's environment (e.g. POD_NAME=..., as the
+	// downward API sets it in a pod).
+	Env []string
 }
 
 // startPeerd starts `peerd serve` and waits until /readyz says ready. The
@@ -120,6 +124,9 @@ func startPeerd(t *testing.T, o peerdOptions) *peerdProcess {
 	args = append(args, "--plaintext-listen", p.PlaintextAddr, "--monitoring-listen", monitoringListen)
 	p.cmd = exec.Command(peerdBinary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if len(o.Env) > 0 {
+		p.cmd.Env = append(os.Environ(), o.Env...)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -146,13 +153,20 @@ func hasFlag(args []string, flag string) bool {
 }
 
 // Stop ends the process (idempotent).
-func (p *peerdProcess) Stop() {
+func (p *peerdProcess) Stop() { p.stopWith(os.Interrupt) }
+
+// Terminate ends the process as the kubelet ends a pod: SIGTERM.
+func (p *peerdProcess) Terminate() { p.stopWith(syscall.SIGTERM) }
+
+// stopWith sends sig and waits for the process to exit, killing it after
+// 10s.
+func (p *peerdProcess) stopWith(sig os.Signal) {
 	select {
 	case <-p.exited:
 		return
 	default:
 	}
-	_ = p.cmd.Process.Signal(os.Interrupt)
+	_ = p.cmd.Process.Signal(sig)
 	select {
 	case <-p.exited:
 	case <-time.After(10 * time.Second):
