@@ -21,23 +21,7 @@ import (
 // peerdBinary is built once by TestMain.
 var peerdBinary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "peerd-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	peerdBinary = filepath.Join(dir, "peerd")
-	build := exec.Command("go", "build", "-o", peerdBinary, "github.com/peerd-mesh/peerd/cmd/peerd")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building peerd:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { mesh.MainWithPeerd(m, &peerdBinary) }
 
 // repoPath returns a path relative to the repository root.
 func repoPath(parts ...string) string {
