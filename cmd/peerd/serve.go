@@ -33,9 +33,7 @@ func newServeCommand() *cobra.Command {
 			}
 			defer func() { _ = log.Sync() }()
 			serve.RouteKlog(log)
-			if err := serve.LoadMeshConfig(cmd.Context(), &opts, cmd.Flags().Changed, log); err != nil {
-				return err
-			}
+			opts.TrustDomainFromFlag = cmd.Flags().Changed("trust-domain")
 			return serve.Run(cmd.Context(), opts, log)
 		},
 	}

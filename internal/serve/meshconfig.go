@@ -18,41 +18,26 @@ import (
 // while the API server does not answer.
 const meshConfigRetryMax = 30 * time.Second
 
-// LoadMeshConfig takes, in Kubernetes mode, the settings peerd shares with
+// loadMeshConfig takes, in Kubernetes mode, the settings peerd shares with
 // istiod from where istiod keeps them: the mesh config in the ConfigMap
 // opts.MeshConfigMap of the system namespace. Its trustDomain is used
-// unless --trust-domain was given (explicit reports whether a flag was set
-// on the command line). It is read once, at start: a change needs a restart
-// of peerd (as a new trust domain does of istiod and every workload).
+// unless --trust-domain was given (opts.TrustDomainFromFlag). It is read
+// once, at start, before peerd's certificate is minted: a change needs a
+// restart of peerd (as a new trust domain does of istiod and every
+// workload).
 //
 // A missing ConfigMap, or one without the key, leaves the flags' values (a
 // mesh installed without one runs on istiod's defaults, which the flags'
 // defaults match). A ConfigMap that cannot be parsed is an error: peerd must
 // not start under a guessed trust domain, minting certificates its peers
-// reject. While the API server does not answer, LoadMeshConfig retries
-// until ctx ends; an answer such as Forbidden is an error.
-func LoadMeshConfig(ctx context.Context, opts *Options, explicit func(flag string) bool, log *zap.Logger) error {
-	if opts.ConfigDir != "" || opts.MeshConfigMap == "" {
-		return nil
-	}
-	// A flag mistake is reported at once, not after a wait for the API.
-	if err := opts.Validate(); err != nil {
-		return err
-	}
-	cfg, err := kubeConfig(opts.Kubeconfig)
-	if err != nil {
-		return err
-	}
-	kube, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
-	}
-	return loadMeshConfig(ctx, kube, opts, explicit, log)
-}
-
-func loadMeshConfig(ctx context.Context, kube kubernetes.Interface, opts *Options, explicit func(string) bool, log *zap.Logger) error {
-	log = log.With(zap.String("configmap", opts.SystemNamespace+"/"+opts.MeshConfigMap))
+// reject. Anything else (the API server does not answer, RBAC forbids the
+// read) is retried until ctx ends, with the reason in /readyz (st), as the
+// sources do: an operator fixes the RBAC and peerd carries on.
+func loadMeshConfig(ctx context.Context, kube kubernetes.Interface, opts *Options, st *status, log *zap.Logger) error {
+	name := opts.SystemNamespace + "/" + opts.MeshConfigMap
+	log = log.With(zap.String("configmap", name))
 	configMaps := kube.CoreV1().ConfigMaps(opts.SystemNamespace)
+	defer st.setMeshConfigWait("")
 	delay := time.Second
 	for {
 		mc, err := meshconfig.Get(ctx, configMaps, opts.SystemNamespace, opts.MeshConfigMap)
@@ -62,13 +47,15 @@ func loadMeshConfig(ctx context.Context, kube kubernetes.Interface, opts *Option
 				zap.String("trust_domain", opts.TrustDomain))
 			return nil
 		case err == nil:
-			applyMeshConfig(opts, mc, explicit, log)
+			applyMeshConfig(opts, mc, log)
 			return nil
 		case errors.Is(err, meshconfig.ErrInvalid):
 			return fmt.Errorf("--mesh-configmap: %w (fix it, or point --mesh-configmap at the ConfigMap istiod reads)", err)
-		case !transient(err):
-			return fmt.Errorf("--mesh-configmap: %w (peerd needs get on configmaps in %s)", err, opts.SystemNamespace)
+		case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
+			err = fmt.Errorf("%w (peerd needs get on configmaps %s in %s; or pass --mesh-configmap=\"\" and --trust-domain)",
+				err, opts.MeshConfigMap, opts.SystemNamespace)
 		}
+		st.setMeshConfigWait(fmt.Sprintf("mesh config: waiting to read configmap %s (peerd's certificate names its trust domain): %v", name, err))
 		log.Warn("cannot read the mesh config yet; retrying", zap.Duration("retry_in", delay), zap.Error(err))
 		select {
 		case <-ctx.Done():
@@ -79,21 +66,13 @@ func loadMeshConfig(ctx context.Context, kube kubernetes.Interface, opts *Option
 	}
 }
 
-// transient reports whether a failed read is worth retrying: the API
-// server did not answer, or answered that it cannot now.
-func transient(err error) bool {
-	var status apierrors.APIStatus
-	return !errors.As(err, &status) || apierrors.IsTimeout(err) || apierrors.IsServerTimeout(err) ||
-		apierrors.IsTooManyRequests(err) || apierrors.IsInternalError(err) || apierrors.IsServiceUnavailable(err)
-}
-
 // applyMeshConfig sets what opts takes from the mesh config: the trust
 // domain, unless --trust-domain was given. The root namespace is only
 // logged: peerd reads no mesh-wide policy from it (yet).
-func applyMeshConfig(opts *Options, mc *meshv1alpha1.MeshConfig, explicit func(string) bool, log *zap.Logger) {
+func applyMeshConfig(opts *Options, mc *meshv1alpha1.MeshConfig, log *zap.Logger) {
 	switch td := mc.GetTrustDomain(); {
 	case td == "":
-	case explicit("trust-domain"):
+	case opts.TrustDomainFromFlag:
 		if td != opts.TrustDomain {
 			log.Warn("--trust-domain overrides the mesh config's trustDomain", zap.String("flag", opts.TrustDomain), zap.String("mesh_config", td))
 		}

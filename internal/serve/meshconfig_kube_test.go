@@ -2,13 +2,16 @@ package serve
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zaptest"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/peerd-mesh/peerd/internal/discovery"
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
 )
 
@@ -32,14 +35,8 @@ func TestLoadMeshConfig(t *testing.T) {
 	load := func(explicit ...string) (Options, error) {
 		opts := DefaultOptions()
 		opts.SystemNamespace = liveStateNamespace
-		err := loadMeshConfig(ctx, kube.Kube, &opts, func(flag string) bool {
-			for _, f := range explicit {
-				if f == flag {
-					return true
-				}
-			}
-			return false
-		}, zaptest.NewLogger(t))
+		opts.TrustDomainFromFlag = slices.Contains(explicit, "trust-domain")
+		err := loadMeshConfig(ctx, kube.Kube, &opts, newStatus(discovery.NewIndex(), prometheus.NewRegistry()), zaptest.NewLogger(t))
 		return opts, err
 	}
 

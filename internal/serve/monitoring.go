@@ -41,7 +41,12 @@ type status struct {
 	links *peers.Manager
 	// leader is the election of the live-state writer (nil: file mode).
 	leader *leader
+	// meshConfigWait says why start-up waits for the mesh config (empty:
+	// it does not).
+	meshConfigWait atomic.Pointer[string]
 }
+
+func (s *status) setMeshConfigWait(why string) { s.meshConfigWait.Store(&why) }
 
 func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -79,6 +84,10 @@ func (s *status) readiness() (bool, []string) {
 	} else {
 		ready = false
 		lines = append(lines, "sources: not synced yet")
+	}
+	if why := s.meshConfigWait.Load(); why != nil && *why != "" {
+		ready = false
+		lines = append(lines, *why)
 	}
 	if s.serving.Load() {
 		lines = append(lines, "xds: serving")

@@ -71,6 +71,9 @@ type Options struct {
 	// "mesh" gives the trust domain unless the flag sets it (Kubernetes
 	// mode; empty: not read).
 	MeshConfigMap string
+	// TrustDomainFromFlag: --trust-domain was given on the command line, so
+	// it wins over the mesh config's trustDomain.
+	TrustDomainFromFlag bool
 	// PodName is the identity this replica holds the Lease under in
 	// Kubernetes mode; empty: $POD_NAME, else the hostname. Replicas must
 	// not share it.

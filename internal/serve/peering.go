@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,9 +28,16 @@ const linksDir = "links"
 // peer verified against the link's trust domain, and the SNI the peer's
 // east-west gateway routes to peerd on (federation.PeerServerName; without
 // it a link dialling the gateway by IP would send none).
-func peerCredentials(opts Options, identity *certs.Credentials) func(federation.Link) credentials.TransportCredentials {
+func peerCredentials(opts Options, identity *atomic.Pointer[certs.Credentials]) func(federation.Link) credentials.TransportCredentials {
 	return func(l federation.Link) credentials.TransportCredentials {
-		tlsCreds := credentials.NewTLS(identity.PeerClientTLS(l.PeerTrustDomain(), opts.SkipValidateTrustDomain))
+		id := identity.Load()
+		if id == nil {
+			// Not minted yet: links dial only once the model runs, which
+			// starts after the certificate is minted, so this is a bug;
+			// nil makes the link fail rather than go out in the clear.
+			return nil
+		}
+		tlsCreds := credentials.NewTLS(id.PeerClientTLS(l.PeerTrustDomain(), opts.SkipValidateTrustDomain))
 		return serverNameCreds{TransportCredentials: tlsCreds, name: federation.PeerServerName(opts.SystemNamespace)}
 	}
 }
@@ -51,11 +59,12 @@ func (c serverNameCreds) Clone() credentials.TransportCredentials {
 }
 
 // newPeers makes the peer links' manager. Links dial with peerd's own
-// identity (identity nil: no --listen, so no certificate; links then fail
-// with a clear error rather than going out in the clear).
-func newPeers(opts Options, store peers.Store, index *discovery.Index, identity *certs.Credentials, log *zap.Logger, reg prometheus.Registerer) (*peers.Manager, error) {
+// identity, minted into identity before any link dials (no --listen: no
+// certificate; links then fail with a clear error rather than going out in
+// the clear).
+func newPeers(opts Options, store peers.Store, index *discovery.Index, identity *atomic.Pointer[certs.Credentials], log *zap.Logger, reg prometheus.Registerer) (*peers.Manager, error) {
 	var creds func(federation.Link) credentials.TransportCredentials
-	if identity != nil {
+	if opts.Listen != "" {
 		creds = peerCredentials(opts, identity)
 	}
 	return peers.NewManager(peers.Options{

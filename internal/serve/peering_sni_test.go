@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"net"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -48,7 +49,9 @@ func TestPeerLinksSendThePeerdServiceAsSNI(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	link := federation.Link{Gateway: "istio-gateways/cluster2", Cluster: "cluster2", Addresses: []string{"192.0.2.10"}}
-	if _, _, err := peerCredentials(opts, identity)(link).ClientHandshake(ctx, "192.0.2.10:15012", client); err != nil {
+	var minted atomic.Pointer[certs.Credentials]
+	minted.Store(identity)
+	if _, _, err := peerCredentials(opts, &minted)(link).ClientHandshake(ctx, "192.0.2.10:15012", client); err != nil {
 		t.Fatalf("link handshake: %v", err)
 	}
 	if err := <-done; err != nil {

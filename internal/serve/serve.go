@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -56,11 +57,14 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	var tlsCreds credentials.TransportCredentials
-	var identity *certs.Credentials
+	// peerd's certificate names its trust domain, which in Kubernetes mode
+	// comes from istiod's mesh config: it is minted once that is read (after
+	// the monitoring listener is up, so /readyz can say what it waits for).
+	var authority *certs.Authority
+	var identity atomic.Pointer[certs.Credentials]
 	if opts.Listen != "" {
-		authority, err := certs.NewAuthority(opts.CADir, certs.AuthorityOptions{Logger: log, Registerer: reg})
-		if err != nil {
+		var err error
+		if authority, err = certs.NewAuthority(opts.CADir, certs.AuthorityOptions{Logger: log, Registerer: reg}); err != nil {
 			return fmt.Errorf("--ca-dir %s: %w", opts.CADir, err)
 		}
 		// The CA is followed for the life of the process: a new
@@ -72,17 +76,6 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 				log.Error("--ca-dir is no longer followed: a new intermediate or root will not be picked up until restart", zap.String("ca_dir", opts.CADir), zap.Error(err))
 			}
 		}()
-		identity, err = certs.NewCredentials(authority, certs.CredentialsOptions{
-			Identity:   opts.identity(),
-			SANs:       opts.sans(),
-			TTL:        serverCertTTL,
-			Logger:     log,
-			Registerer: reg,
-		})
-		if err != nil {
-			return fmt.Errorf("--ca-dir %s: minting peerd's certificate: %w", opts.CADir, err)
-		}
-		tlsCreds = identity.ServerCredentials()
 	}
 
 	index := discovery.NewIndex()
@@ -107,7 +100,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	if err != nil {
 		return err
 	}
-	links, err := newPeers(opts, linkStore, index, identity, log, reg)
+	links, err := newPeers(opts, linkStore, index, &identity, log, reg)
 	if err != nil {
 		return err
 	}
@@ -166,6 +159,27 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	}
 	for _, run := range sources {
 		go func() { errc <- run(ctx) }()
+	}
+
+	if kubeClient != nil && opts.MeshConfigMap != "" {
+		if err := loadMeshConfig(ctx, kubeClient, &opts, status, log); err != nil {
+			return err
+		}
+	}
+	var tlsCreds credentials.TransportCredentials
+	if authority != nil {
+		minted, err := certs.NewCredentials(authority, certs.CredentialsOptions{
+			Identity:   opts.identity(),
+			SANs:       opts.sans(),
+			TTL:        serverCertTTL,
+			Logger:     log,
+			Registerer: reg,
+		})
+		if err != nil {
+			return fmt.Errorf("--ca-dir %s: minting peerd's certificate: %w", opts.CADir, err)
+		}
+		identity.Store(minted)
+		tlsCreds = minted.ServerCredentials()
 	}
 
 	if err := waitSynced(ctx, index, errc); err != nil {

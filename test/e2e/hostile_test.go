@@ -338,10 +338,11 @@ func TestHostileStreamsOnOneConnection(t *testing.T) {
 	h.p.waitMetric(t, 1, "peerd_xds_connected_streams")
 }
 
-// The TLS listener authenticates peers by certificate but no ztunnel yet
-// (token review comes later): a client with no certificate and no token
-// gets ztunnel's view of the mesh. Until then peerd says so at start, in
-// /readyz and as a gauge.
+// In file mode the TLS listener authenticates peers by certificate but no
+// ztunnel (there is no API server to review tokens with): a client with no
+// certificate and no token gets ztunnel's view of the mesh. peerd says so
+// at start, in /readyz and as a gauge. (Kubernetes mode reviews tokens:
+// kube_tokens_test.go.)
 func TestHostileUnauthenticatedTLSClientIsReported(t *testing.T) {
 	pki := peerdCerts(t, cluster)
 	p := startPeerd(t, peerdOptions{Args: []string{
@@ -349,7 +350,7 @@ func TestHostileUnauthenticatedTLSClientIsReported(t *testing.T) {
 		"--ca-dir", filepath.Join(pki, cluster), "--listen", freePort(t),
 	}})
 	waitLogContains(t, p, "no ztunnel authentication on --listen")
-	if _, body := p.get("/readyz"); !strings.Contains(body, "ztunnel authentication: none yet on --listen") {
+	if _, body := p.get("/readyz"); !strings.Contains(body, "ztunnel authentication: none on --listen in file mode") {
 		t.Errorf("/readyz does not say that --listen authenticates no client:\n%s", body)
 	}
 	p.waitMetric(t, 1, "peerd_client_authentication_missing")

@@ -45,6 +45,11 @@ func peerdRules(without string) []rbacv1.PolicyRule {
 		// Link states and VIPs (docs/federation.md); a Role in the system
 		// namespace is all peerd needs, granted cluster-wide here for brevity.
 		{APIGroups: []string{""}, Resources: []string{"secrets"}, Verbs: []string{"get", "list", "create", "update", "delete"}},
+		// The mesh config, the Lease and the links' live state
+		// (docs/kubernetes.md), also namespaced there.
+		{APIGroups: []string{""}, Resources: []string{"configmaps"}, Verbs: []string{"get"}},
+		{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get", "create", "update"}},
+		{APIGroups: []string{"gateway.networking.k8s.io"}, Resources: []string{"gateways/status"}, Verbs: []string{"patch"}},
 	}
 }
 
