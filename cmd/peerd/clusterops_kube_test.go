@@ -415,6 +415,11 @@ func TestOperatorCLI(t *testing.T) {
 		if lines(out, "unchanged") != 4 {
 			t.Errorf("relink:\n%s", out)
 		}
+		// The same addresses in another order are no change.
+		c.setAddresses("c2", "172.18.1.3", "172.18.1.2")
+		if out := c.ok("link", "--contexts", "c1,c2,c3"); lines(out, "unchanged") != 6 {
+			t.Errorf("relink after the status listed the addresses in another order:\n%s", out)
+		}
 	})
 
 	step("link --generate applied on the other side is what link writes", func(t *testing.T) {
