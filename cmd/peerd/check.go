@@ -22,7 +22,7 @@ func newCheckCommand() *cobra.Command {
 		Short: "Check the clusters and their links through the Kubernetes API; exit 0 only when all is well",
 		Long: `check reads each cluster and prints, per cluster, a line per check and for each problem its fix:
 the system namespace's network label, the mesh config's trust domain, the east-west gateway and its
-address, peerd alive (its Lease in the system namespace not expired), each link valid and describing
+address, peerd alive (its Lease in the system namespace not expired by the API server's clock), each link valid and describing
 its target as the target is now (addresses, network, cluster, ports, trust domain), each link's live
 state from the conditions peerd writes on it (Connected, Synced), and global services whose ports
 conflict between clusters. With --contexts every cluster must link every other.

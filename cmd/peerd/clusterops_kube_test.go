@@ -392,6 +392,20 @@ func TestOperatorCLI(t *testing.T) {
 		}
 	})
 
+	step("link reads a revisioned install's mesh config with --mesh-configmap", func(t *testing.T) {
+		// A revisioned istiod reads istio-<revision>; the default istio
+		// ConfigMap may be another revision's or absent.
+		mesh := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "istio-canary", Namespace: sysNS},
+			Data: map[string]string{"mesh": "trustDomain: c2-canary.local\n"}}
+		if _, err := c.clusters["c2"].Kube.CoreV1().ConfigMaps(sysNS).Create(context.Background(), mesh, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		out := c.ok("link", "--from", "c1", "--to", "c2", "--mesh-configmap", "istio-canary")
+		mustContain(t, "link", out, `c1: gateway istio-gateways/istio-remote-peer-net2 updated: annotations[gateway.istio.io/trust-domain]: "c2.local" → "c2-canary.local"`)
+		out = c.ok("link", "--from", "c1", "--to", "c2")
+		mustContain(t, "link", out, `annotations[gateway.istio.io/trust-domain]: "c2-canary.local" → "c2.local"`)
+	})
+
 	step("a moved address updates the links to it", func(t *testing.T) {
 		c.setAddresses("c2", "172.18.1.2", "172.18.1.3")
 		out := c.ok("link", "--contexts", "c1,c2,c3")
@@ -400,6 +414,11 @@ func TestOperatorCLI(t *testing.T) {
 		}
 		if lines(out, "unchanged") != 4 {
 			t.Errorf("relink:\n%s", out)
+		}
+		// The same addresses in another order are no change.
+		c.setAddresses("c2", "172.18.1.3", "172.18.1.2")
+		if out := c.ok("link", "--contexts", "c1,c2,c3"); lines(out, "unchanged") != 6 {
+			t.Errorf("relink after the status listed the addresses in another order:\n%s", out)
 		}
 	})
 
@@ -440,6 +459,10 @@ func TestOperatorCLI(t *testing.T) {
 	step("check healthy", func(t *testing.T) {
 		out := c.ok(all...)
 		mustContain(t, "check", out, "Summary: 3 cluster(s), all checks passed")
+		// The Lease is judged by the API server's clock (its Date header).
+		if strings.Contains(out, "by the local clock") {
+			t.Errorf("check did not get the API server's time:\n%s", out)
+		}
 		if n := lines(out, "connected and synced"); n != 6 {
 			t.Errorf("%d links synced, want 6:\n%s", n, out)
 		}

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/peerd-mesh/peerd/internal/clusterops"
+	"github.com/peerd-mesh/peerd/internal/meshconfig"
 )
 
 // kubeFlags are the kubeconfig and namespace flags the cluster commands
@@ -25,6 +26,8 @@ func (k *kubeFlags) register(f *pflag.FlagSet) {
 	f.StringSliceVar(&k.contexts, "contexts", nil, "kubeconfig contexts, comma-separated: one cluster each")
 	f.StringVar(&k.cfg.SystemNamespace, "system-namespace", clusterops.DefaultSystemNamespace,
 		"Istio's namespace: the network label, the mesh config and peerd's Lease")
+	f.StringVar(&k.cfg.MeshConfigMap, "mesh-configmap", meshconfig.DefaultConfigMap,
+		"istiod's ConfigMap in the system namespace whose key \"mesh\" gives the trust domain (istio-<revision> for a revisioned install)")
 	f.StringVarP(&k.cfg.Namespace, "namespace", "n", clusterops.DefaultNamespace, "namespace of the east-west and link Gateways")
 	f.StringVar(&k.cfg.EastWestName, "eastwest-name", clusterops.DefaultEastWestName, "name of the east-west Gateway")
 }

@@ -75,7 +75,9 @@ func applyGateway(ctx context.Context, cluster string, client gatewayv1client.Ga
 		var details []string
 		details = append(details, mergeKeys("labels", &next.Labels, want.Labels, own.labels)...)
 		details = append(details, mergeKeys("annotations", &next.Annotations, want.Annotations, own.annotations)...)
-		if len(want.Spec.Addresses) > 0 && !slices.Equal(addressValues(next.Spec.Addresses), addressValues(want.Spec.Addresses)) {
+		// In any order: the target's status may list its addresses in
+		// another order from one read to the next.
+		if len(want.Spec.Addresses) > 0 && !slices.Equal(sortedAddressValues(next.Spec.Addresses), sortedAddressValues(want.Spec.Addresses)) {
 			details = append(details, fmt.Sprintf("spec.addresses: %v → %v", addressValues(next.Spec.Addresses), addressValues(want.Spec.Addresses)))
 			next.Spec.Addresses = want.Spec.Addresses
 		}
@@ -155,6 +157,12 @@ func addressValues(as []gatewayv1.GatewaySpecAddress) []string {
 	for i, a := range as {
 		out[i] = a.Value
 	}
+	return out
+}
+
+func sortedAddressValues(as []gatewayv1.GatewaySpecAddress) []string {
+	out := addressValues(as)
+	sort.Strings(out)
 	return out
 }
 

@@ -123,8 +123,10 @@ const meshGroup = "global services"
 
 // CheckOptions tune Evaluate.
 type CheckOptions struct {
-	// Now is when the snapshots were taken: Lease expiry is judged
-	// against it.
+	// Now is the local time the snapshots were taken. Lease expiry is
+	// judged by each snapshot's ServerTime, the API server's clock, which
+	// the cluster's own (peerd's) clock is kept close to; Now only for a
+	// server that sent no Date header.
 	Now time.Time
 	// ExpectPairs: every checked cluster must link every other one (check
 	// was given several contexts).
@@ -170,7 +172,7 @@ func evaluateCluster(s *Snapshot, all []Snapshot, byID map[string]*Snapshot, o C
 		add(OK, "", "network %s (namespace %s)", s.Network(), sys)
 	}
 	if td, err := s.TrustDomain(); err != nil {
-		add(Failed, fmt.Sprintf("kubectl --context %s -n %s edit configmap %s", s.Context, sys, MeshConfigMap), "%v", err)
+		add(Failed, fmt.Sprintf("kubectl --context %s -n %s edit configmap %s", s.Context, sys, s.Config.MeshConfigMap), "%v", err)
 	} else {
 		add(OK, "", "trust domain %s", td)
 	}
@@ -188,7 +190,12 @@ func evaluateCluster(s *Snapshot, all []Snapshot, byID map[string]*Snapshot, o C
 		add(OK, "", "east-west gateway %s/%s at %s", gw.Namespace, gw.Name, strings.Join(addrs, ", "))
 	}
 
-	alive, why := peerdAlive(s.Lease, o.Now)
+	now, clock := s.ServerTime, ""
+	if now.IsZero() && s.Lease != nil {
+		now, clock = o.Now, " (by the local clock: the API server sent no Date header)"
+	}
+	alive, why := peerdAlive(s.Lease, now)
+	why += clock
 	if alive {
 		add(OK, "", "peerd alive: %s", why)
 	} else {
@@ -208,8 +215,10 @@ func evaluateCluster(s *Snapshot, all []Snapshot, byID map[string]*Snapshot, o C
 			if t == s || t.Err != nil {
 				continue
 			}
+			// Another context of this same cluster is not a peer: link
+			// refuses to link a cluster to itself.
 			id := t.ClusterID()
-			if id == "" || linked[id] {
+			if id == "" || linked[id] || id == s.ClusterID() {
 				continue
 			}
 			add(Failed, fmt.Sprintf("peerd link --from %s --to %s", s.Context, t.Context), "no link to %s (cluster %s)", t.Context, id)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -34,9 +35,10 @@ func healthyMesh(t *testing.T, n int) []Snapshot {
 			Context: name, Config: cfg,
 			SystemNamespace: &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: cfg.SystemNamespace,
 				Labels: map[string]string{federation.LabelNetwork: "net" + name[1:]}}},
-			MeshConfig: "trustDomain: " + name + ".local\nrootNamespace: istio-system\n",
+			MeshConfig: &meshv1alpha1.MeshConfig{TrustDomain: name + ".local", RootNamespace: "istio-system"},
 			Gateways:   []gatewayv1.Gateway{*ew},
 			Lease:      lease("peerd-"+name, now.Add(-2*time.Second), 15),
+			ServerTime: now,
 		}
 	}
 	for i := range snaps {
@@ -136,6 +138,12 @@ func TestEvaluate(t *testing.T) {
 				{"c1", Unknown, []string{"istio-remote-peer-c2", "live state unknown"}},
 				{"c2", OK, []string{"istio-remote-peer-c1", "connected and synced"}},
 			}},
+		{name: "lease judged by the API server's clock, not the local one", clusters: 1,
+			change: func(t *testing.T, s []Snapshot) { s[0].ServerTime = now.Add(time.Hour) },
+			want:   []want{{"c1", Failed, []string{"peerd not alive", "expired", "1h0m2s ago"}}}},
+		{name: "no Date header from the API server: the local clock, said so", clusters: 1, healthy: true,
+			change: func(t *testing.T, s []Snapshot) { s[0].ServerTime = time.Time{} },
+			want:   []want{{"c1", OK, []string{"peerd alive", "renewed 2s ago", "by the local clock"}}}},
 		{name: "lease exactly at expiry is expired", clusters: 1,
 			change: func(t *testing.T, s []Snapshot) { s[0].Lease = lease("p", now.Add(-15*time.Second), 15) },
 			want:   []want{{"c1", Failed, []string{"expired"}}}},
@@ -169,10 +177,12 @@ func TestEvaluate(t *testing.T) {
 			},
 			want: []want{{"c1", Failed, []string{"out of date", "addresses [172.18.0.2], target has [10.9.9.9]"}}}},
 		{name: "target's trust domain changed", clusters: 2, pairs: true,
-			change: func(t *testing.T, s []Snapshot) { s[1].MeshConfig = "trustDomain: other.local\n" },
-			want:   []want{{"c1", Failed, []string{"trust domain c2.local", "c2's mesh config says other.local"}}}},
+			change: func(t *testing.T, s []Snapshot) {
+				s[1].MeshConfig = &meshv1alpha1.MeshConfig{TrustDomain: "other.local"}
+			},
+			want: []want{{"c1", Failed, []string{"trust domain c2.local", "c2's mesh config says other.local"}}}},
 		{name: "no mesh config: cluster.local", clusters: 1, healthy: true,
-			change: func(t *testing.T, s []Snapshot) { s[0].MeshConfig = "" },
+			change: func(t *testing.T, s []Snapshot) { s[0].MeshConfig = nil },
 			want:   []want{{"c1", OK, []string{"trust domain cluster.local"}}}},
 		{name: "missing link in a checked pair", clusters: 3, pairs: true,
 			change: func(t *testing.T, s []Snapshot) {
@@ -278,6 +288,22 @@ func hasLine(r Report, w want) bool {
 		}
 	}
 	return false
+}
+
+// TestEvaluateTwoContextsOfOneCluster: --contexts may name a cluster under
+// two contexts (kubeconfigs often have several); neither is expected to
+// link the other, as link refuses to.
+func TestEvaluateTwoContextsOfOneCluster(t *testing.T) {
+	snaps := healthyMesh(t, 2)
+	again := snaps[0]
+	again.Context = "c1-again"
+	snaps = append(snaps, again)
+	r := Evaluate(snaps, CheckOptions{Now: now, ExpectPairs: true})
+	if !r.Healthy() {
+		var out strings.Builder
+		r.Write(&out)
+		t.Errorf("not healthy:\n%s", out.String())
+	}
 }
 
 // TestEvaluateFailuresCarryAFix: every line that is not OK because

@@ -3,7 +3,9 @@ package clusterops
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -13,6 +15,7 @@ import (
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/peerd-mesh/peerd/internal/federation"
+	"github.com/peerd-mesh/peerd/internal/meshconfig"
 )
 
 // Defaults of the namespaces, as in the operator's guide.
@@ -24,10 +27,6 @@ const (
 	// LabelExposeIstiod asks the east-west gateway to pass the port to
 	// istiod (here: peerd's xDS).
 	LabelExposeIstiod = "istio.io/expose-istiod"
-	// MeshConfigMap and MeshConfigKey hold istiod's mesh config in the
-	// system namespace.
-	MeshConfigMap = "istio"
-	MeshConfigKey = "mesh"
 )
 
 // Config names where the objects are.
@@ -35,6 +34,10 @@ type Config struct {
 	// SystemNamespace carries the network label, the mesh config and
 	// peerd's Lease.
 	SystemNamespace string
+	// MeshConfigMap is istiod's ConfigMap in SystemNamespace (default
+	// meshconfig.DefaultConfigMap; a revisioned install names its own,
+	// istio-<revision>).
+	MeshConfigMap string
 	// Namespace holds the east-west Gateway and the link Gateways.
 	Namespace string
 	// EastWestName is the east-west Gateway that expose writes; when
@@ -46,6 +49,9 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.SystemNamespace == "" {
 		c.SystemNamespace = DefaultSystemNamespace
+	}
+	if c.MeshConfigMap == "" {
+		c.MeshConfigMap = meshconfig.DefaultConfigMap
 	}
 	if c.Namespace == "" {
 		c.Namespace = DefaultNamespace
@@ -67,6 +73,8 @@ type Cluster struct {
 
 // NewCluster builds the clients of one context from a rest config.
 func NewCluster(context string, cfg *rest.Config) (*Cluster, error) {
+	cfg = rest.CopyConfig(cfg)
+	cfg.Wrap(recordServerDate)
 	kube, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("context %s: %w", context, err)
@@ -149,3 +157,33 @@ func (c *Cluster) network(ctx context.Context, cfg Config) (string, error) {
 func labelNetworkFix(context, ns string) string {
 	return fmt.Sprintf("kubectl --context %s label namespace %s %s=<network>", context, ns, federation.LabelNetwork)
 }
+
+// serverDateKey marks a request context whose response's Date header is
+// wanted: the value is where to store it.
+type serverDateKey struct{}
+
+// withServerDate asks the transport of a Cluster's clients to store in *at
+// the Date header of the responses to requests made with the returned
+// context: the API server's clock, which check judges peerd's Lease by.
+func withServerDate(ctx context.Context, at *time.Time) context.Context {
+	return context.WithValue(ctx, serverDateKey{}, at)
+}
+
+// recordServerDate wraps a transport so that withServerDate works.
+func recordServerDate(rt http.RoundTripper) http.RoundTripper {
+	return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		resp, err := rt.RoundTrip(req)
+		if at, ok := req.Context().Value(serverDateKey{}).(*time.Time); ok && err == nil {
+			// A missing or malformed header leaves the zero time: the
+			// caller then says it judged by the local clock.
+			if d, perr := http.ParseTime(resp.Header.Get("Date")); perr == nil {
+				*at = d
+			}
+		}
+		return resp, err
+	})
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }

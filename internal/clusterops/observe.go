@@ -5,16 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/kubestate"
+	"github.com/peerd-mesh/peerd/internal/meshconfig"
 )
 
 // LabelGatewayName is set by Istio's gateway controller on the pods of the
@@ -31,8 +33,12 @@ type Snapshot struct {
 	Config Config
 	// SystemNamespace is nil when it does not exist.
 	SystemNamespace *corev1.Namespace
-	// MeshConfig is the `mesh` key of the istio ConfigMap ("" when absent).
-	MeshConfig string
+	// MeshConfig is istiod's mesh config (Config.MeshConfigMap); nil when
+	// the ConfigMap or its key is absent: istiod's defaults.
+	MeshConfig *meshv1alpha1.MeshConfig
+	// MeshConfigErr: the ConfigMap holds something that is not a mesh
+	// config (it names the ConfigMap and the key).
+	MeshConfigErr error
 	// Gateways are the Gateways of Config.Namespace (every class).
 	Gateways []gatewayv1.Gateway
 	// GatewayPods are the pods in Config.Namespace that Istio deployed for
@@ -40,7 +46,10 @@ type Snapshot struct {
 	GatewayPods []corev1.Pod
 
 	// The rest only for check (Observe with full).
-	Lease      *coordinationv1.Lease
+	Lease *coordinationv1.Lease
+	// ServerTime is the API server's clock when it answered the Lease read
+	// (its Date header, to the second); zero when it sent none.
+	ServerTime time.Time
 	Namespaces []corev1.Namespace
 	Services   []corev1.Service
 }
@@ -61,12 +70,14 @@ func Observe(ctx context.Context, c *Cluster, cfg Config, full bool) Snapshot {
 	case !apierrors.IsNotFound(err):
 		return fail("namespace "+cfg.SystemNamespace, err)
 	}
-	cm, err := c.Kube.CoreV1().ConfigMaps(cfg.SystemNamespace).Get(ctx, MeshConfigMap, metav1.GetOptions{})
+	s.MeshConfig, err = meshconfig.Get(ctx, c.Kube.CoreV1().ConfigMaps(cfg.SystemNamespace), cfg.SystemNamespace, cfg.MeshConfigMap)
 	switch {
-	case err == nil:
-		s.MeshConfig = cm.Data[MeshConfigKey]
-	case !apierrors.IsNotFound(err):
-		return fail("configmap "+cfg.SystemNamespace+"/"+MeshConfigMap, err)
+	case errors.Is(err, meshconfig.ErrInvalid):
+		// A verdict on the config, not a failed read: check reports it on
+		// its own line.
+		s.MeshConfigErr = err
+	case err != nil:
+		return Snapshot{Context: c.Context, Config: cfg, Err: fmt.Errorf("context %s: %w", c.Context, err)}
 	}
 	gws, err := c.Gateway.GatewayV1().Gateways(cfg.Namespace).List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -81,13 +92,14 @@ func Observe(ctx context.Context, c *Cluster, cfg Config, full bool) Snapshot {
 	if !full {
 		return s
 	}
-	lease, err := c.Kube.CoordinationV1().Leases(cfg.SystemNamespace).Get(ctx, kubestate.LeaseName, metav1.GetOptions{})
+	lease, at, err := readLease(ctx, c, cfg.SystemNamespace)
 	switch {
 	case err == nil:
 		s.Lease = lease
 	case !apierrors.IsNotFound(err):
 		return fail("lease "+cfg.SystemNamespace+"/"+kubestate.LeaseName, err)
 	}
+	s.ServerTime = at
 	nss, err := c.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return fail("namespaces", err)
@@ -101,6 +113,14 @@ func Observe(ctx context.Context, c *Cluster, cfg Config, full bool) Snapshot {
 	return s
 }
 
+// readLease reads peerd's Lease and the API server's time of the answer
+// (also when the answer is "not found").
+func readLease(ctx context.Context, c *Cluster, namespace string) (*coordinationv1.Lease, time.Time, error) {
+	var at time.Time
+	lease, err := c.Kube.CoordinationV1().Leases(namespace).Get(withServerDate(ctx, &at), kubestate.LeaseName, metav1.GetOptions{})
+	return lease, at, err
+}
+
 // Network is the system namespace's network label ("" when absent).
 func (s *Snapshot) Network() string {
 	if s.SystemNamespace == nil {
@@ -112,16 +132,13 @@ func (s *Snapshot) Network() string {
 // TrustDomain is the mesh config's trustDomain, else cluster.local, as
 // istiod defaults it.
 func (s *Snapshot) TrustDomain() (string, error) {
-	var mc struct {
-		TrustDomain string `json:"trustDomain"`
+	if s.MeshConfigErr != nil {
+		return "", fmt.Errorf("context %s: %w", s.Context, s.MeshConfigErr)
 	}
-	if err := yaml.Unmarshal([]byte(s.MeshConfig), &mc); err != nil {
-		return "", fmt.Errorf("context %s: configmap %s/%s: data[%s]: %w", s.Context, s.Config.SystemNamespace, MeshConfigMap, MeshConfigKey, err)
+	if td := s.MeshConfig.GetTrustDomain(); td != "" {
+		return td, nil
 	}
-	if mc.TrustDomain == "" {
-		return federation.DefaultTrustDomain, nil
-	}
-	return mc.TrustDomain, nil
+	return federation.DefaultTrustDomain, nil
 }
 
 // Links are the Gateways of class istio-remote.

@@ -364,7 +364,10 @@ func (m *kubeMesh) expectCheckReportsBrokenLinks(t *testing.T, ctx context.Conte
 				continue
 			}
 			reported := slices.ContainsFunc(sections[c.Context], func(line string) bool {
-				return !strings.HasPrefix(line, checkOK) && strings.Contains(line, "link") && names.MatchString(line)
+				// The link's own line, marked failed or unknown: a fix line
+				// ("fix: peerd link --from … --to …") names the target too.
+				return (strings.HasPrefix(line, checkFailed) || strings.HasPrefix(line, checkUnknown)) &&
+					linkLine.MatchString(line) && names.MatchString(line)
 			})
 			if !reported {
 				return false, nil
@@ -379,8 +382,16 @@ func (m *kubeMesh) expectCheckReportsBrokenLinks(t *testing.T, ctx context.Conte
 	t.Logf("peerd check with %s's peerd stopped (exit %d):\n%s", broken.Name, code, out)
 }
 
-// checkOK starts the line of a check that passed in `peerd check`'s report.
-const checkOK = "✔"
+// checkFailed and checkUnknown start the line of a check that failed or
+// could not be told in `peerd check`'s report.
+const (
+	checkFailed  = "✖"
+	checkUnknown = "?"
+)
+
+// linkLine matches the check line of a link Gateway: "<symbol> link
+// <namespace>/<name>…".
+var linkLine = regexp.MustCompile(`^\S+ link \S+/\S+`)
 
 // checkSections splits `peerd check --contexts` output into its per-cluster
 // sections: a line without indentation names the context, the indented
