@@ -25,6 +25,10 @@ const (
 	leaseDuration      = 15 * time.Second
 	leaseRenewDeadline = 10 * time.Second
 	leaseRetryPeriod   = 2 * time.Second
+	// maxStandDown caps how long a replica whose term ended because its
+	// status writes kept failing stays out of the election: leaseDuration,
+	// doubling with each such term in a row.
+	maxStandDown = 2 * time.Minute
 )
 
 // podNameEnv is where the pod's name comes from when --pod-name is not set
@@ -53,15 +57,31 @@ type leader struct {
 	log       *zap.Logger
 	// lead runs while this replica holds the Lease; its ctx ends when the
 	// Lease is lost or peerd stops. The next term starts only after it
-	// returned, so two terms' writers never overlap.
-	lead func(ctx context.Context)
+	// returned, so two terms' writers never overlap. A non-nil error says
+	// the writer cannot write: the replica then releases the Lease and
+	// stays out of the election for a while. probation is set for the
+	// term after such a one.
+	lead func(ctx context.Context, probation bool) error
 
+	// leading is set and cleared by the goroutine that runs the terms, so
+	// it is true exactly while a term's writer runs.
 	leading atomic.Bool
 	// holder is the identity that holds the Lease as last observed.
 	holder atomic.Pointer[string]
+	// standDownUntil (Unix nanoseconds, 0: not standing down) is when a
+	// replica that gave the Lease up stands for it again.
+	standDownUntil atomic.Int64
+	stepDowns      prometheus.Counter
 }
 
-func newLeader(kube kubernetes.Interface, namespace, identity string, lead func(context.Context), log *zap.Logger, reg prometheus.Registerer) (*leader, error) {
+// term is one tenure of the Lease: ctx ends with it, and stepDown ends it
+// from this side (the elector then releases the Lease).
+type term struct {
+	ctx      context.Context
+	stepDown context.CancelFunc
+}
+
+func newLeader(kube kubernetes.Interface, namespace, identity string, lead func(context.Context, bool) error, log *zap.Logger, reg prometheus.Registerer) (*leader, error) {
 	if identity == "" {
 		return nil, fmt.Errorf("--pod-name is empty (and $%s is not set, and there is no hostname): the Lease %s/%s needs a holder identity",
 			podNameEnv, namespace, kubestate.LeaseName)
@@ -77,7 +97,12 @@ func newLeader(kube kubernetes.Interface, namespace, identity string, lead func(
 		},
 		log:  log.With(zap.String("lease", namespace+"/"+kubestate.LeaseName), zap.String("identity", identity)),
 		lead: lead,
+		stepDowns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "peerd_leader_stepdowns_total",
+			Help: "Times this replica gave the peerd Lease up because its writes of the links' live state kept failing for longer than the lease duration.",
+		}),
 	}
+	reg.MustRegister(l.stepDowns)
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "peerd_leader",
 		Help: "1 while this replica holds the peerd Lease and writes the links' live state into the API, 0 otherwise.",
@@ -98,22 +123,62 @@ func (l *leader) run(ctx context.Context) {
 	// One goroutine runs the terms one after the other, so that a new
 	// term's writer never starts while the last one is still finishing a
 	// request (the elector starts OnStartedLeading on a goroutine of its own
-	// and does not wait for it).
-	terms := make(chan context.Context)
+	// and does not wait for it). It alone sets leading, so the gauge cannot
+	// be left at 1 by a short term's callbacks running out of order.
+	terms := make(chan term)
+	// steppedDown carries, from a term that gave the Lease up, to the
+	// election loop that it must stand down before trying again.
+	steppedDown := make(chan struct{}, 1)
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
+		probation := false
 		for {
 			select {
-			case term := <-terms:
-				l.lead(term)
+			case t := <-terms:
+				l.leading.Store(true)
+				l.log.Info("holding the Lease: this replica writes the links' live state into the API", zap.Bool("probation", probation))
+				err := l.lead(t.ctx, probation)
+				l.leading.Store(false)
+				probation = err != nil
+				if err == nil {
+					l.log.Info("the Lease is no longer held by this replica: it stops writing live state (and keeps serving)")
+					continue
+				}
+				l.stepDowns.Inc()
+				l.log.Error("giving the Lease up: the links' conditions this replica wrote can no longer be kept current, "+
+					"and `peerd check` trusts them while the Lease is held (this replica keeps serving)", zap.Error(err))
+				select {
+				case steppedDown <- struct{}{}:
+				default:
+				}
+				t.stepDown()
 			case <-ctx.Done():
 				return
 			}
 		}
 	}()
 	defer func() { <-writerDone }()
+	standDowns := 0
 	for ctx.Err() == nil {
+		select {
+		case <-steppedDown:
+			wait := min(leaseDuration<<min(standDowns, 4), maxStandDown)
+			standDowns++
+			l.standDownUntil.Store(time.Now().Add(wait).UnixNano())
+			l.log.Warn("standing down from the election after giving the Lease up", zap.Duration("for", wait))
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+			}
+			l.standDownUntil.Store(0)
+			if ctx.Err() != nil {
+				return
+			}
+		default:
+			standDowns = 0
+		}
+		electCtx, stepDown := context.WithCancel(ctx)
 		elector, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
 			Lock:            l.lock,
 			Name:            kubestate.LeaseName,
@@ -122,19 +187,14 @@ func (l *leader) run(ctx context.Context) {
 			RetryPeriod:     leaseRetryPeriod,
 			ReleaseOnCancel: true,
 			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(term context.Context) {
-					l.leading.Store(true)
-					l.log.Info("holding the Lease: this replica writes the links' live state into the API")
+				OnStartedLeading: func(ctx context.Context) {
 					select {
-					case terms <- term:
-					case <-term.Done():
+					case terms <- term{ctx: ctx, stepDown: stepDown}:
+					case <-ctx.Done():
 					}
 				},
-				OnStoppedLeading: func() {
-					if l.leading.Swap(false) {
-						l.log.Info("the Lease is no longer held by this replica: it stops writing live state (and keeps serving)")
-					}
-				},
+				// leading is the term goroutine's to clear.
+				OnStoppedLeading: func() {},
 				OnNewLeader: func(id string) {
 					l.holder.Store(&id)
 					if id != l.identity {
@@ -144,11 +204,13 @@ func (l *leader) run(ctx context.Context) {
 			},
 		})
 		if err != nil {
+			stepDown()
 			// Only the constants above can make the configuration invalid.
 			l.log.Error("leader election cannot start: live state is not written", zap.Error(err))
 			return
 		}
-		elector.Run(ctx)
+		elector.Run(electCtx)
+		stepDown()
 	}
 }
 
@@ -158,6 +220,10 @@ func (l *leader) readiness() string {
 	lease := l.namespace + "/" + kubestate.LeaseName
 	if l.leading.Load() {
 		return fmt.Sprintf("status writer: this replica (%s) holds the Lease %s and writes the links' live state", l.identity, lease)
+	}
+	if until := l.standDownUntil.Load(); until != 0 {
+		return fmt.Sprintf("status writer: this replica (%s) gave the Lease %s up because its status writes kept failing (see the log); it stands for it again at %s",
+			l.identity, lease, time.Unix(0, until).UTC().Format(time.RFC3339))
 	}
 	holder := ""
 	if h := l.holder.Load(); h != nil {

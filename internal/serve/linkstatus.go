@@ -48,6 +48,14 @@ const (
 	linkStatusResync = 10 * time.Minute
 	// linkStatusRetryMax caps the backoff after a failed write.
 	linkStatusRetryMax = 30 * time.Second
+	// linkStatusGiveUp: a writer whose writes to a Gateway have failed for
+	// this long ends its term, so that the replica releases the Lease. The
+	// Lease is what makes `peerd check` trust the conditions, and the
+	// elector renews it whether or not the writes succeed: a writer that
+	// cannot write must not keep it, or a link's last written Synced=True
+	// would outlive the link. It is the lease duration, the time a dead
+	// replica's conditions stay trusted too.
+	linkStatusGiveUp = leaseDuration
 	// maxConditionMessage is below the API's 32768 so that the suffix with
 	// the last message's time always fits.
 	maxConditionMessage = 32000
@@ -164,8 +172,11 @@ type written struct {
 	at          time.Time
 	// failures and retryAt: consecutive failed writes and when to try
 	// again; a failure leaves uid empty so the retry writes in full.
-	failures int
-	retryAt  time.Time
+	// failingSince is the first of those failures, lastError the latest.
+	failures     int
+	retryAt      time.Time
+	failingSince time.Time
+	lastError    string
 }
 
 func newLinkStatusWriter(links func() []peers.LinkStatus, gateway func(namespace, name string) *gatewayv1.Gateway,
@@ -201,19 +212,54 @@ func indexGateway(index *discovery.Index) func(namespace, name string) *gatewayv
 	}
 }
 
-// run writes until ctx ends (the term is over, or peerd stops).
-func (w *linkStatusWriter) run(ctx context.Context) {
+// run writes until ctx ends (the term is over, or peerd stops; it returns
+// nil then), or until the writes to some Gateway have failed for
+// linkStatusGiveUp: it returns why, and the term must end with the Lease
+// released. On probation (the replica's last term ended that way) it gives
+// up at the first failure, until a poll leaves no write failing: the
+// Lease it just took makes its predecessor's conditions look current again.
+func (w *linkStatusWriter) run(ctx context.Context, probation bool) error {
 	state := map[string]*written{}
 	ticker := w.clock.NewTicker(linkStatusPoll)
 	defer ticker.Stop()
+	giveUp := linkStatusGiveUp
+	if probation {
+		giveUp = 0
+	}
 	for {
 		w.sync(ctx, state)
+		if ctx.Err() == nil {
+			if err := failingFor(state, w.clock.Now(), giveUp); err != nil {
+				return err
+			}
+			if failingFor(state, w.clock.Now(), 0) == nil {
+				giveUp = linkStatusGiveUp
+			}
+		}
 		select {
 		case <-ctx.Done():
-			return
+			return nil
 		case <-ticker.C():
 		}
 	}
+}
+
+// failingFor names the Gateway whose writes have failed the longest, if
+// that is at least d; nil if none has.
+func failingFor(state map[string]*written, now time.Time, d time.Duration) error {
+	var worst string
+	for gw, st := range state {
+		if st.failures > 0 && now.Sub(st.failingSince) >= d &&
+			(worst == "" || st.failingSince.Before(state[worst].failingSince)) {
+			worst = gw
+		}
+	}
+	if worst == "" {
+		return nil
+	}
+	st := state[worst]
+	return fmt.Errorf("writing the status of gateway %s has failed for %v (%d attempts; the last: %s)",
+		worst, now.Sub(st.failingSince).Round(time.Second), st.failures, st.lastError)
 }
 
 // sync writes what changed since the last call, given what was written
@@ -270,9 +316,9 @@ func (w *linkStatusWriter) sync(ctx context.Context, state map[string]*written) 
 			delete(state, st.Gateway)
 		default:
 			w.writes.WithLabelValues("error").Inc()
-			failed := &written{}
-			if prev != nil {
-				failed.failures = prev.failures
+			failed := &written{failingSince: now, lastError: err.Error()}
+			if prev != nil && prev.failures > 0 {
+				failed.failures, failed.failingSince = prev.failures, prev.failingSince
 			}
 			failed.failures++
 			backoff := min(linkStatusPoll<<min(failed.failures-1, 5), linkStatusRetryMax)

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -22,22 +23,10 @@ import (
 	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/kubestate"
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
+	"github.com/peerd-mesh/peerd/test/mesh"
 )
 
 const liveStateNamespace = "istio-system"
-
-// waitFor polls cond until it holds or the deadline passes; what describes
-// the state for the failure message.
-func waitFor(t *testing.T, timeout time.Duration, desc string, cond func() bool, what func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; last: %s", timeout, desc, what())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 func createNamespace(t *testing.T, kube *kubeharness.Cluster, name string) {
 	t.Helper()
@@ -71,9 +60,10 @@ func TestLeaderElection(t *testing.T) {
 	}
 	start := func(name string) *replica {
 		r := &replica{reg: prometheus.NewRegistry(), terms: make(chan string, 10), done: make(chan struct{})}
-		lead := func(ctx context.Context) {
+		lead := func(ctx context.Context, _ bool) error {
 			r.terms <- name
 			<-ctx.Done()
+			return nil
 		}
 		var err error
 		if r.l, err = newLeader(kube.Kube, liveStateNamespace, name, lead, zaptest.NewLogger(t).Named(name), r.reg); err != nil {
@@ -111,8 +101,11 @@ func TestLeaderElection(t *testing.T) {
 	b := start("peerd-b")
 	// b sees a as the holder (the elector reports the holder after its
 	// first look at the Lease) and stands by.
-	waitFor(t, 30*time.Second, "peerd-b to see peerd-a holding the Lease",
-		func() bool { return strings.Contains(b.l.readiness(), "held by peerd-a") }, b.l.readiness)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := mesh.Poll(ctx, func() (bool, error) { return strings.Contains(b.l.readiness(), "held by peerd-a"), nil }); err != nil {
+		t.Fatalf("waiting for peerd-b to see peerd-a holding the Lease: %v; last: %s", err, b.l.readiness())
+	}
 	if h := holder(); h != "peerd-a" {
 		t.Errorf("Lease holder = %q, want peerd-a", h)
 	}
@@ -326,4 +319,146 @@ func TestLinkStatusWriter(t *testing.T) {
 	if e := testutil.ToFloat64(w.writes.WithLabelValues("error")); e != 0 || writes() != before {
 		t.Errorf("after the Gateway's removal: %v errors, %v writes (want 0 and %v)", e, writes(), before)
 	}
+}
+
+// TestLeaderGivesTheLeaseUpWhenStatusWritesFail: the elector renews the
+// Lease whether or not the status writes succeed, and `peerd check` trusts
+// the conditions while the Lease is fresh. So when an admission policy
+// (here a ValidatingAdmissionPolicy, as a webhook would) denies every write
+// of gateways/status, the replica must release the Lease once the writes
+// have failed for linkStatusGiveUp, not keep vouching for the Synced=True it
+// wrote before; and it comes back and writes once the writes pass again.
+func TestLeaderGivesTheLeaseUpWhenStatusWritesFail(t *testing.T) {
+	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
+	createNamespace(t, kube, liveStateNamespace)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	gateways := kube.Gateway.GatewayV1().Gateways(liveStateNamespace)
+	if _, err := gateways.Create(ctx, &gatewayv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Name: "cluster2", Namespace: liveStateNamespace},
+		Spec: gatewayv1.GatewaySpec{
+			GatewayClassName: "istio-remote",
+			Listeners:        []gatewayv1.Listener{{Name: "xds-tls", Port: 15012, Protocol: gatewayv1.HTTPProtocolType}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	synced := func() metav1.ConditionStatus {
+		gw, err := gateways.Get(ctx, "cluster2", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range gw.Status.Conditions {
+			if c.Type == federation.ConditionSynced {
+				return c.Status
+			}
+		}
+		return ""
+	}
+	leases := kube.Kube.CoordinationV1().Leases(liveStateNamespace)
+	holder := func() string {
+		l, err := leases.Get(ctx, kubestate.LeaseName, metav1.GetOptions{})
+		if err != nil {
+			return "error: " + err.Error()
+		}
+		if l.Spec.HolderIdentity == nil {
+			return ""
+		}
+		return *l.Spec.HolderIdentity
+	}
+	wait := func(what string, cond func() bool, last func() string) {
+		t.Helper()
+		if err := mesh.Poll(ctx, func() (bool, error) { return cond(), nil }); err != nil {
+			t.Fatalf("waiting for %s: %v; last: %s", what, err, last())
+		}
+	}
+
+	feed := &linkFeed{}
+	link := peers.LinkStatus{Gateway: liveStateNamespace + "/cluster2", Cluster: "cluster2", Address: "127.0.0.1:1",
+		State: peers.StateSynced, Since: time.Now(), LastMessage: time.Now()}
+	feed.set(link)
+	reg := prometheus.NewRegistry()
+	log := zaptest.NewLogger(t)
+	w := newLinkStatusWriter(feed.status, func(namespace, name string) *gatewayv1.Gateway {
+		gw, err := kube.Gateway.GatewayV1().Gateways(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return nil
+		}
+		return gw
+	}, kube.Gateway, log, reg)
+	l, err := newLeader(kube.Kube, liveStateNamespace, "peerd-a", w.run, log, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.run(runCtx)
+	}()
+	t.Cleanup(func() { stop(); <-done })
+	wait("peerd-a to hold the Lease and write Synced=True", func() bool {
+		return holder() == "peerd-a" && synced() == metav1.ConditionTrue
+	}, func() string { return "holder " + holder() + ", Synced " + string(synced()) })
+
+	// Deny every write of a Gateway's status, then let the link die.
+	policies := kube.Kube.AdmissionregistrationV1()
+	if _, err := policies.ValidatingAdmissionPolicies().Create(ctx, &admissionv1.ValidatingAdmissionPolicy{
+		ObjectMeta: metav1.ObjectMeta{Name: "deny-gateway-status"},
+		Spec: admissionv1.ValidatingAdmissionPolicySpec{
+			MatchConstraints: &admissionv1.MatchResources{ResourceRules: []admissionv1.NamedRuleWithOperations{{
+				RuleWithOperations: admissionv1.RuleWithOperations{
+					Operations: []admissionv1.OperationType{admissionv1.Update},
+					Rule: admissionv1.Rule{APIGroups: []string{gatewayv1.GroupName}, APIVersions: []string{"*"},
+						Resources: []string{"gateways/status"}},
+				},
+			}}},
+			Validations: []admissionv1.Validation{{Expression: "false", Message: "gateway status writes are denied by the test"}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	binding, err := policies.ValidatingAdmissionPolicyBindings().Create(ctx, &admissionv1.ValidatingAdmissionPolicyBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "deny-gateway-status"},
+		Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: "deny-gateway-status",
+			ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The policy takes effect once the API server loaded it.
+	probe := func() error {
+		_, err := gateways.ApplyStatus(ctx, gatewayac.Gateway("cluster2", liveStateNamespace).WithStatus(gatewayac.GatewayStatus()),
+			metav1.ApplyOptions{FieldManager: "probe", Force: true})
+		return err
+	}
+	wait("the policy to deny status writes", func() bool { return probe() != nil }, func() string { return "writes pass" })
+	link.State, link.LastError = peers.StateStale, "connection reset"
+	feed.set(link)
+
+	// The writer fails, gives up, and the Lease is released: check no
+	// longer vouches for the Synced=True left on the Gateway.
+	wait("peerd-a to release the Lease", func() bool { return holder() == "" }, holder)
+	if s := synced(); s != metav1.ConditionTrue {
+		t.Fatalf("Synced = %q, want the stale True the denied writer could not replace", s)
+	}
+	if n := testutil.ToFloat64(l.stepDowns); n != 1 {
+		t.Errorf("peerd_leader_stepdowns_total = %v, want 1", n)
+	}
+	if testutil.ToFloat64(w.writes.WithLabelValues("error")) == 0 {
+		t.Error("the denied writes were not counted as errors")
+	}
+	wait("peerd_leader 0 and a /readyz line about the step-down", func() bool {
+		return !l.leading.Load() && strings.Contains(l.readiness(), "gave the Lease")
+	}, l.readiness)
+
+	// Writes pass again: after standing down, it takes the Lease back
+	// (on probation) and writes the link's real state.
+	if err := policies.ValidatingAdmissionPolicyBindings().Delete(ctx, binding.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait("status writes to pass again", func() bool { return probe() == nil }, func() string { return "writes denied" })
+	wait("peerd-a to hold the Lease again and write Synced=False", func() bool {
+		return holder() == "peerd-a" && synced() == metav1.ConditionFalse
+	}, func() string { return "holder " + holder() + ", Synced " + string(synced()) + "; " + l.readiness() })
 }

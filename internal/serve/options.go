@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/peerd-mesh/peerd/internal/authz"
 	"github.com/peerd-mesh/peerd/internal/certs"
@@ -57,8 +60,12 @@ type Options struct {
 	// StateDir keeps what must outlive a restart in file mode: the last
 	// known state of every link and the VIPs of global services. Empty:
 	// nothing is kept (a restart during a partition forgets the peer).
-	// Kubernetes mode keeps both in Secrets of SystemNamespace instead.
+	// Kubernetes mode keeps both in Secrets of StateNamespace instead.
 	StateDir string
+	// StateNamespace is where Kubernetes mode keeps those Secrets; empty:
+	// SystemNamespace. A namespace of peerd's own lets its Role on Secrets
+	// stay out of istio-system, where istiod keeps its CA key (cacerts).
+	StateNamespace string
 	// SkipValidateTrustDomain accepts a peer whose certificate names another
 	// trust domain than its link Gateway's annotation (as istiod's
 	// SKIP_VALIDATE_TRUST_DOMAIN); the chain must still lead to the root.
@@ -128,6 +135,15 @@ func (o Options) identity() certs.Identity {
 	return certs.Identity{TrustDomain: o.TrustDomain, Namespace: o.SystemNamespace, ServiceAccount: o.ServiceAccount}
 }
 
+// stateNamespace is the namespace of the state Secrets (StateNamespace's
+// default applied).
+func (o Options) stateNamespace() string {
+	if o.StateNamespace != "" {
+		return o.StateNamespace
+	}
+	return o.SystemNamespace
+}
+
 // Validate reports the first setting that cannot work, naming the flag.
 func (o Options) Validate() error {
 	var errs []error
@@ -139,6 +155,11 @@ func (o Options) Validate() error {
 	}
 	if o.Listen == "" && o.PlaintextListen == "" {
 		errs = append(errs, errors.New("no gRPC listener: set --listen (TLS) or --plaintext-listen"))
+	}
+	if o.StateNamespace != "" {
+		if bad := validation.IsDNS1123Label(o.StateNamespace); len(bad) > 0 {
+			errs = append(errs, fmt.Errorf("--state-namespace %q: not a namespace name: %s", o.StateNamespace, strings.Join(bad, "; ")))
+		}
 	}
 	if o.MaxStreamsPerConnection == 0 {
 		errs = append(errs, errors.New("--max-streams-per-connection 0: no client could open a stream"))

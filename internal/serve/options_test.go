@@ -26,6 +26,8 @@ func TestValidate(t *testing.T) {
 		{"no file size limit", func(o *Options) { o.MaxFileSize = 0 }, "--max-file-size"},
 		{"no token audience in Kubernetes mode", func(o *Options) { o.TokenAudiences = nil }, "--token-audience"},
 		{"an empty token audience", func(o *Options) { o.TokenAudiences = []string{"istio-ca", ""} }, "--token-audience"},
+		{"a state namespace of its own", func(o *Options) { o.StateNamespace = "peerd-state" }, ""},
+		{"a state namespace that is no namespace name", func(o *Options) { o.StateNamespace = "Peerd_State" }, "--state-namespace"},
 		{"file mode reviews no tokens", func(o *Options) { o.ConfigDir, o.TokenAudiences = "/etc/peerd", nil }, ""},
 	}
 	for _, tt := range tests {

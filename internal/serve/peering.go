@@ -131,17 +131,23 @@ func peerReadiness(links *peers.Manager) (bool, []string) {
 
 // stateStores returns where the VIPs and the links' last known states
 // outlive a restart. In Kubernetes mode (kube set) that is the API, in the
-// system namespace, so a rescheduled pod and every replica have them; in
-// file mode it is --state-dir (created owner-only: it holds what peers
-// exported), and nothing is kept without it (a nil peers.Store).
+// --state-namespace (default the system namespace), so a rescheduled pod
+// and every replica have them; in file mode it is --state-dir (created
+// owner-only: it holds what peers exported), and nothing is kept without
+// it (a nil peers.Store).
 func stateStores(opts Options, kube kubernetes.Interface, log *zap.Logger) (vipStore, peers.Store, error) {
 	if kube != nil {
+		ns := opts.stateNamespace()
 		if opts.StateDir != "" {
 			log.Warn("--state-dir is not used in Kubernetes mode: the VIPs and link states are kept in the API",
-				zap.String("state_dir", opts.StateDir), zap.String("namespace", opts.SystemNamespace))
+				zap.String("state_dir", opts.StateDir), zap.String("namespace", ns))
 		}
-		vips := vipKube{secrets: kube.CoreV1().Secrets(opts.SystemNamespace), namespace: opts.SystemNamespace}
-		return vips, peers.NewKubeStore(kube, opts.SystemNamespace), nil
+		vips := vipKube{secrets: kube.CoreV1().Secrets(ns), namespace: ns}
+		return vips, peers.NewKubeStore(kube, ns), nil
+	}
+	if opts.StateNamespace != "" {
+		log.Warn("--state-namespace is not used in file mode: the VIPs and link states are kept in --state-dir, if set",
+			zap.String("state_namespace", opts.StateNamespace), zap.String("state_dir", opts.StateDir))
 	}
 	if opts.StateDir == "" {
 		return vipDir{}, nil, nil

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
@@ -23,6 +22,7 @@ import (
 	"github.com/peerd-mesh/peerd/internal/kubestate"
 	"github.com/peerd-mesh/peerd/internal/kubeyaml"
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
+	"github.com/peerd-mesh/peerd/test/mesh"
 )
 
 // liveStateLink is an istio-remote Gateway to cluster, dialled at
@@ -53,8 +53,8 @@ func TestKubernetesModeWritesLiveState(t *testing.T) {
 	defer cancel()
 
 	meshes := t.TempDir()
-	for _, mesh := range []string{"ours", "theirs"} {
-		if _, err := certs.GenerateMesh(filepath.Join(meshes, mesh), []string{"cluster1", "cluster3"}, certs.MeshOptions{}); err != nil {
+	for _, name := range []string{"ours", "theirs"} {
+		if _, err := certs.GenerateMesh(filepath.Join(meshes, name), []string{"cluster1", "cluster3"}, certs.MeshOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -124,7 +124,9 @@ func TestKubernetesModeWritesLiveState(t *testing.T) {
 		}
 		return *l.Spec.HolderIdentity
 	}
-	waitUntil(t, time.Minute, "one replica to hold the Lease", func() bool { return replicas[holder()] != nil }, holder)
+	if err := mesh.Poll(ctx, func() (bool, error) { return replicas[holder()] != nil, nil }); err != nil {
+		t.Fatalf("waiting for one replica to hold the Lease: %v; holder %q", err, holder())
+	}
 	first := holder()
 	other := "peerd-a"
 	if first == other {
@@ -161,18 +163,21 @@ func TestKubernetesModeWritesLiveState(t *testing.T) {
 	waitCondition := func(name, typ string, status metav1.ConditionStatus, reason string, message ...string) {
 		t.Helper()
 		get := condition(name, typ)
-		waitUntil(t, time.Minute, fmt.Sprintf("gateway %s: %s %s/%s", name, typ, status, reason), func() bool {
+		err := mesh.Poll(ctx, func() (bool, error) {
 			c := get()
 			if c == nil || c.Status != status || c.Reason != reason {
-				return false
+				return false, nil
 			}
 			for _, m := range message {
 				if !strings.Contains(c.Message, m) {
-					return false
+					return false, nil
 				}
 			}
-			return true
-		}, func() string { return fmt.Sprintf("%+v", get()) })
+			return true, nil
+		})
+		if err != nil {
+			t.Fatalf("waiting for gateway %s: %s %s/%s: %v; last: %+v", name, typ, status, reason, err, get())
+		}
 	}
 	waitCondition("cluster2", federation.ConditionConnected, metav1.ConditionFalse, federation.ReasonConnecting, "connecting to cluster cluster2")
 	waitCondition("cluster2", federation.ConditionSynced, metav1.ConditionFalse, federation.ReasonConnecting, "no message from the peer yet")
@@ -207,34 +212,28 @@ func TestKubernetesModeWritesLiveState(t *testing.T) {
 	// The writer stops; the other replica takes over and writes every
 	// link once (its own view).
 	replicas[first].Stop()
-	waitUntil(t, time.Minute, other+" to take the Lease over", func() bool { return holder() == other }, holder)
-	waitUntil(t, time.Minute, other+" to report peerd_leader 1", func() bool {
+	if err := mesh.Poll(ctx, func() (bool, error) { return holder() == other, nil }); err != nil {
+		t.Fatalf("waiting for %s to take the Lease over: %v; holder %q", other, err, holder())
+	}
+	if err := mesh.Poll(ctx, func() (bool, error) {
 		_, metrics := replicas[other].get("/metrics")
-		return strings.Contains(metrics, "\npeerd_leader 1\n")
-	}, func() string { _, r := replicas[other].get("/readyz"); return r })
-	waitUntil(t, time.Minute, other+" to write the links' state", func() bool {
+		return strings.Contains(metrics, "\npeerd_leader 1\n"), nil
+	}); err != nil {
+		_, r := replicas[other].get("/readyz")
+		t.Fatalf("waiting for %s to report peerd_leader 1: %v; /readyz: %s", other, err, r)
+	}
+	if err := mesh.Poll(ctx, func() (bool, error) {
 		w := okWrites(other)
-		return w != "0" && w != "absent"
-	}, func() string { return okWrites(other) })
+		return w != "0" && w != "absent", nil
+	}); err != nil {
+		t.Fatalf("waiting for %s to write the links' state: %v; peerd_status_writes_total{result=\"ok\"} %s", other, err, okWrites(other))
+	}
 	var gw2 *gatewayv1.Gateway
 	if gw2, err = gateways.Get(ctx, "cluster2", metav1.GetOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if c := condition("cluster2", federation.ConditionSynced)(); c == nil || c.ObservedGeneration != gw2.Generation {
 		t.Errorf("cluster2's Synced condition %+v does not observe generation %d", c, gw2.Generation)
-	}
-}
-
-// waitUntil polls cond every 100ms until it holds, failing after timeout
-// with what describes the last state.
-func waitUntil(t *testing.T, timeout time.Duration, desc string, cond func() bool, what func() string) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s; last: %s", timeout, desc, what())
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 

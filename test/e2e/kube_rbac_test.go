@@ -20,6 +20,7 @@ import (
 	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/kubestate"
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
+	"github.com/peerd-mesh/peerd/test/mesh"
 	"github.com/peerd-mesh/peerd/test/ztunnel"
 )
 
@@ -89,10 +90,10 @@ func TestKubernetesModeRunsWithTheDocumentedRBAC(t *testing.T) {
 		t.Error("the mesh config's trust domain was not read")
 	}
 	gateways := kube.Gateway.GatewayV1().Gateways(ns)
-	waitUntil(t, time.Minute, "the link's conditions on gateway cluster2", func() bool {
+	err = mesh.Poll(ctx, func() (bool, error) {
 		gw, err := gateways.Get(ctx, "cluster2", metav1.GetOptions{})
 		if err != nil {
-			return false
+			return false, nil
 		}
 		n := 0
 		for _, c := range gw.Status.Conditions {
@@ -100,16 +101,21 @@ func TestKubernetesModeRunsWithTheDocumentedRBAC(t *testing.T) {
 				n++
 			}
 		}
-		return n == 2
-	}, p.Logs)
+		return n == 2, nil
+	})
+	if err != nil {
+		t.Fatalf("waiting for the link's conditions on gateway cluster2: %v\n%s", err, p.Logs())
+	}
 	lease, err := kube.Kube.CoordinationV1().Leases(ns).Get(ctx, kubestate.LeaseName, metav1.GetOptions{})
 	if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != "peerd-0" {
 		t.Errorf("Lease: %+v, %v; want held by peerd-0", lease, err)
 	}
-	waitUntil(t, time.Minute, "a Warning Event on service hello/warned", func() bool {
+	if err := mesh.Poll(ctx, func() (bool, error) {
 		events, err := kube.Kube.CoreV1().Events("hello").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=warned"})
-		return err == nil && len(events.Items) > 0
-	}, p.Logs)
+		return err == nil && len(events.Items) > 0, nil
+	}); err != nil {
+		t.Fatalf("waiting for a Warning Event on service hello/warned: %v\n%s", err, p.Logs())
+	}
 	// A ztunnel's token is reviewed under peerd's role (tokenreviews).
 	tlsConfig, err := certs.ClientTLSConfig(filepath.Join(pki, "root-cert.pem"), "istiod.istio-system.svc")
 	if err != nil {
