@@ -46,6 +46,7 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&opts.ConfigDir, "config-dir", opts.ConfigDir, "read Kubernetes manifests from this directory instead of an API server (reloaded on change)")
 	f.Int64Var(&opts.MaxFileSize, "max-file-size", opts.MaxFileSize, "largest manifest file read from --config-dir, in bytes; a larger file is refused by name and its last good objects stay")
 	f.StringVar(&opts.Kubeconfig, "kubeconfig", opts.Kubeconfig, "kubeconfig file (default: in-cluster configuration)")
+	f.StringVar(&opts.IstiodAddress, "istiod-address", opts.IstiodAddress, "extension mode: relay istiod's ztunnel stream from this HOST:PORT (plaintext, e.g. localhost:15010 beside istiod) and add the linked mesh to it; empty: standalone mode, peerd maps local objects itself (docs/extension-mode.md)")
 	f.StringVar(&opts.CADir, "ca-dir", opts.CADir, "cacerts directory (root-cert.pem, ca-cert.pem, ca-key.pem, cert-chain.pem) that signs the TLS listener's certificate")
 	f.StringVar(&opts.Listen, "listen", opts.Listen, "TLS gRPC address for ztunnel and peers (empty: off)")
 	f.StringVar(&opts.PlaintextListen, "plaintext-listen", opts.PlaintextListen, "plaintext gRPC address with reflection, for grpcurl and local ztunnels (empty: off)")

@@ -38,14 +38,21 @@ type status struct {
 	rejected func() []error
 	// links are the peer links (nil: none).
 	links *peers.Manager
+	// relay is istiod's stream in extension mode (nil: standalone).
+	relay *istiodRelay
 }
 
 func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
+	s := &status{index: index}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "peerd_authorization_source_missing",
-		Help: "1 while peerd has no authorization policy source and serves an empty Authorization set.",
-	}, func() float64 { return 1 }))
-	s := &status{index: index}
+		Help: "1 while peerd has no authorization policy source (standalone mode) and serves an empty Authorization set.",
+	}, func() float64 {
+		if s.relay != nil {
+			return 0
+		}
+		return 1
+	}))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "peerd_client_authentication_missing",
 		Help: "1 while the TLS listener (--listen) serves ztunnel's types to clients without authenticating them (peers are authenticated by certificate).",
@@ -86,6 +93,9 @@ func (s *status) readiness() (bool, []string) {
 	peersReady, peerLines := peerReadiness(s.links)
 	ready = ready && peersReady
 	lines = append(lines, peerLines...)
+	relayReady, relayLines := s.relay.readiness()
+	ready = ready && relayReady
+	lines = append(lines, relayLines...)
 	for _, err := range s.index.Errors() {
 		lines = append(lines, "source error (last good objects kept): "+err.Error())
 	}
@@ -94,7 +104,9 @@ func (s *status) readiness() (bool, []string) {
 			lines = append(lines, "resource not served in its latest version (previous version kept): "+err.Error())
 		}
 	}
-	lines = append(lines, authorizationGap)
+	if s.relay == nil {
+		lines = append(lines, authorizationGap)
+	}
 	if s.clientAuthMissing.Load() {
 		lines = append(lines, clientAuthenticationGap)
 	}

@@ -31,6 +31,11 @@ type Options struct {
 	// means in-cluster configuration).
 	ConfigDir  string
 	Kubeconfig string
+	// IstiodAddress selects extension mode (docs/extension-mode.md): the
+	// local cluster is istiod's ztunnel stream at this HOST:PORT
+	// (plaintext), relayed with the linked mesh laid over it. Empty:
+	// standalone mode, peerd maps local objects itself.
+	IstiodAddress string
 	// MaxFileSize is the largest manifest file the file source reads.
 	MaxFileSize int64
 

@@ -135,7 +135,14 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	status := newStatus(index, reg)
 	status.links = links
 	status.rejected = addresses.RejectedErrors
-	log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd until the istiod relay exists")
+	relay, err := newIstiodRelay(opts, authorizations, log, reg)
+	if err != nil {
+		return err
+	}
+	status.relay = relay
+	if relay == nil {
+		log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd; --istiod-address relays istiod's")
+	}
 	if opts.Listen != "" {
 		status.clientAuthMissing.Store(true)
 		log.Warn("no ztunnel authentication on --listen: peers must present a peerd certificate under the mesh root, but any other client that reaches the address gets ztunnel's view of the mesh (addresses, identities, nodes) without a token, until ztunnel token auth exists; reach it only from trusted networks",
@@ -160,8 +167,14 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	for _, run := range sources {
 		go func() { errc <- run(ctx) }()
 	}
+	if relay != nil {
+		go relay.run(ctx)
+	}
 
 	if err := waitSynced(ctx, index, errc); err != nil {
+		return err
+	}
+	if err := relay.waitSynced(ctx, errc); err != nil {
 		return err
 	}
 	// Read once the sources have synced: in Kubernetes mode the VIPs are in
@@ -185,6 +198,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	}, index, addresses, events, log, reg)
 	model.federations, model.links, model.vips = federations, links, vips
 	model.convergence = convergence
+	model.useRelay(relay)
 	model.update()
 	// The first load decodes every object, and its garbage is several
 	// times the heap that stays live (at 100,000 pods, about 950 MB in use
