@@ -1,0 +1,283 @@
+package e2e
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+
+	"github.com/peerd-mesh/peerd/internal/discovery"
+	securitypb "github.com/peerd-mesh/peerd/proto/istio/security"
+	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
+	kubeharness "github.com/peerd-mesh/peerd/test/kube"
+	"github.com/peerd-mesh/peerd/test/ztunnel"
+)
+
+// Issue 10 section 5 against a real istiod (pilot-discovery, built by
+// hack/istiod-tools.sh) and a real kube-apiserver: a client of peerd in
+// extension mode sees exactly what a client of istiod sees, resource for
+// resource, plus the mesh's additions and amendments and nothing else, and
+// loses nothing while istiod restarts. Skipped without the binary unless
+// PEERD_ISTIOD_REQUIRED=1.
+
+// istiodCluster has what istiod serves and peerd does not map itself: a
+// waypoint (created as istiod's deployment controller would, which cannot
+// run here), a Service using it, and (below) a ServiceEntry, a
+// WorkloadEntry and an AuthorizationPolicy. echo is global for peerd
+// (istiod ignores the label).
+const istiodCluster = `apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: apps
+  labels: {istio.io/use-waypoint: waypoint, solo.io/service-scope: global}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-1
+  namespace: apps
+  labels: {app: echo}
+  annotations: {ambient.istio.io/redirection: enabled}
+spec:
+  serviceAccountName: echo
+  nodeName: node-a
+  containers: [{name: echo, image: example.com/echo, ports: [{containerPort: 8080}]}]
+status:
+  phase: Running
+  podIP: 10.1.0.11
+  podIPs: [{ip: 10.1.0.11}]
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: apps}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: waypoint
+  namespace: apps
+  labels: {gateway.istio.io/managed: istio.io-mesh-controller, gateway.networking.k8s.io/gateway-name: waypoint}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  ports: [{name: mesh, port: 15008, targetPort: 15008}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-1
+  namespace: apps
+  labels: {gateway.istio.io/managed: istio.io-mesh-controller, gateway.networking.k8s.io/gateway-name: waypoint}
+spec:
+  serviceAccountName: waypoint
+  nodeName: node-a
+  containers: [{name: istio-proxy, image: example.com/proxy, ports: [{containerPort: 15008}]}]
+status:
+  phase: Running
+  podIP: 10.1.0.12
+  podIPs: [{ip: 10.1.0.12}]
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: waypoint-abcde
+  namespace: apps
+  labels: {kubernetes.io/service-name: waypoint}
+addressType: IPv4
+endpoints:
+- addresses: [10.1.0.12]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, namespace: apps, name: waypoint-1}
+ports: [{name: mesh, port: 15008, protocol: TCP}]
+`
+
+var istiodObjects = []string{`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: apps}
+spec:
+  hosts: [db.example.internal]
+  addresses: [192.168.77.10]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {labels: {app: db}}
+`, `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db-vm, namespace: apps}
+spec: {address: 10.2.0.5, labels: {app: db}, serviceAccount: db}
+`, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-client, namespace: apps}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/apps/sa/client]}}]}]
+`}
+
+const (
+	istiodEcho      = "apps/echo.apps.svc.cluster.local"
+	istiodEchoGlob  = "apps/echo.apps.mesh.internal"
+	istiodDBService = "apps/db.example.internal"
+	istiodVM        = cluster + "/networking.istio.io/WorkloadEntry/apps/db-vm"
+	istiodPolicy    = "apps/allow-client"
+)
+
+// clientView is everything a ztunnel holds: addresses and policies.
+type clientView struct {
+	Addresses      map[string]*workloadpb.Address
+	Authorizations map[string]*securitypb.Authorization
+}
+
+func viewOf(c *ztunnel.Client) clientView {
+	return clientView{Addresses: held(c), Authorizations: c.Authorizations()}
+}
+
+// withMesh is what a client of peerd must hold given what a client of
+// istiod holds: the same, every workload of the global echo Service also in
+// the global service with the same ports, plus the global service, taken
+// from peerd (its VIPs are peerd's; the test checks its shape).
+func withMesh(istiod clientView, global *workloadpb.Address) clientView {
+	out := clientView{Addresses: maps.Clone(istiod.Addresses), Authorizations: istiod.Authorizations}
+	for name, a := range istiod.Addresses {
+		w := a.GetWorkload()
+		ports, ok := w.GetServices()[istiodEcho]
+		if !ok {
+			continue
+		}
+		w = proto.CloneOf(w)
+		w.Services[istiodEchoGlob] = proto.CloneOf(ports)
+		out.Addresses[name] = &workloadpb.Address{Type: &workloadpb.Address_Workload{Workload: w}}
+	}
+	if global != nil {
+		out.Addresses[istiodEchoGlob] = global
+	}
+	return out
+}
+
+func serviceAddress(s *workloadpb.Service) *workloadpb.Address {
+	if s == nil {
+		return nil
+	}
+	return &workloadpb.Address{Type: &workloadpb.Address_Service{Service: s}}
+}
+
+// waitView polls until cond holds for the client's view; on timeout it
+// fails with what describe says. A bound for a stuck control plane, not a
+// latency assertion.
+func waitView(t *testing.T, what string, cond func() bool, describe func() string) {
+	t.Helper()
+	deadline := time.Now().Add(peeringWait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within %s:\n%s", what, peeringWait, describe())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestExtensionModeBesideARealIstiod(t *testing.T) {
+	kubeharness.RequireIstiod(t) // before the API server: a skip should cost nothing
+	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
+	istiod := kube.StartIstiod(t, kubeharness.IstiodOptions{ClusterID: cluster})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	objs, err := discovery.DecodeManifests("istiod-cluster.yaml", []byte(istiodCluster))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.Apply(ctx, objs); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range istiodObjects {
+		if err := kube.ApplyIstio(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	u := connectZtunnel(t, ztunnel.Config{Target: istiod.GRPCAddr, ClusterID: cluster})
+	// istiod maps asynchronously: wait until its own client holds every
+	// kind the relay must not lose, so the comparison below is not vacuous.
+	waitView(t, "istiod's client holding the WorkloadEntry, the ServiceEntry, the policy and echo's waypoint", func() bool {
+		v := viewOf(u)
+		return v.Addresses[istiodVM] != nil && v.Addresses[istiodDBService] != nil && v.Authorizations[istiodPolicy] != nil &&
+			v.Addresses[istiodEcho].GetService().GetWaypoint() != nil
+	}, func() string {
+		return strings.Join(slices.Sorted(maps.Keys(viewOf(u).Addresses)), "\n") + "\npolicies: " + strings.Join(slices.Sorted(maps.Keys(u.Authorizations())), ",")
+	})
+
+	p := startPeerd(t, peerdOptions{Args: []string{"--cluster-name", cluster, "--kubeconfig", kube.Kubeconfig,
+		"--istiod-address", istiod.GRPCAddr, "--peer-sync-timeout", "1s"}})
+	c := connectZtunnel(t, ztunnel.Config{Target: p.PlaintextAddr, ClusterID: cluster})
+
+	// (a) + (b): resource for resource what istiod's client holds, plus the
+	// global service and its key on echo's workloads, and nothing else.
+	same := func(u *ztunnel.Client) func() bool {
+		return func() bool {
+			return cmp.Equal(withMesh(viewOf(u), serviceAddress(c.Services()[istiodEchoGlob])), viewOf(c), protocmp.Transform())
+		}
+	}
+	diff := func(u *ztunnel.Client) func() string {
+		return func() string {
+			return "(-istiod+mesh +peerd)\n" + cmp.Diff(withMesh(viewOf(u), serviceAddress(c.Services()[istiodEchoGlob])), viewOf(c), protocmp.Transform())
+		}
+	}
+	waitView(t, "peerd's client holding istiod's resources plus the mesh", same(u), diff(u))
+	global := c.Services()[istiodEchoGlob]
+	if global == nil || global.GetHostname() != "echo.apps.mesh.internal" || len(global.GetAddresses()) == 0 {
+		t.Errorf("the global service is missing or has no VIPs: %v", global)
+	}
+	amended := 0
+	for _, w := range c.Workloads() {
+		if _, ok := w.GetServices()[istiodEchoGlob]; ok {
+			amended++
+		}
+	}
+	if amended == 0 {
+		t.Errorf("no workload joined the global service")
+	}
+	if st := c.Stats(); st.NACKs != 0 {
+		t.Errorf("peerd's client NACKed: %s", st.LastNACK)
+	}
+
+	// (c) istiod killed: nothing lost at peerd's client, stale reported.
+	before := viewOf(c)
+	istiod.Stop()
+	waitReadyzContains(t, p, "istiod: stale since")
+	if d := cmp.Diff(before, viewOf(c), protocmp.Transform()); d != "" {
+		t.Errorf("peerd's client lost state while istiod was down (-before +now):\n%s", d)
+	}
+	// A change while istiod is down, seen once it is back.
+	if err := kube.DeleteIstio(ctx, "WorkloadEntry", "apps", "db-vm"); err != nil {
+		t.Fatal(err)
+	}
+	if err := istiod.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitReadyzContains(t, p, "istiod: synced")
+	u2 := connectZtunnel(t, ztunnel.Config{Target: istiod.GRPCAddr, ClusterID: cluster})
+	waitView(t, "istiod's new client without the deleted WorkloadEntry", func() bool { return held(u2)[istiodVM] == nil }, func() string { return "" })
+	waitView(t, "peerd's client converged after istiod's restart", same(u2), diff(u2))
+	if _, ok := held(c)[istiodVM]; ok {
+		t.Errorf("the WorkloadEntry deleted while istiod was down is still held")
+	}
+}
