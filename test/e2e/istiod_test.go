@@ -12,10 +12,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
+	"github.com/peerd-mesh/peerd/internal/ambient"
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	securitypb "github.com/peerd-mesh/peerd/proto/istio/security"
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
+	"github.com/peerd-mesh/peerd/test/mesh"
 	"github.com/peerd-mesh/peerd/test/ztunnel"
 )
 
@@ -280,4 +282,113 @@ func TestExtensionModeBesideARealIstiod(t *testing.T) {
 	if _, ok := held(c)[istiodVM]; ok {
 		t.Errorf("the WorkloadEntry deleted while istiod was down is still held")
 	}
+}
+
+// TestExtensionModeInALinkedMeshBesideARealIstiod is section 5 (b) with
+// real links: cluster1 of the example mesh relays a real istiod that holds
+// cluster1's objects, and is linked to cluster2 and cluster3. Its client
+// holds exactly istiod's resources, amended only as the mesh amends them,
+// plus resources that are mesh additions by name, and nothing else.
+func TestExtensionModeInALinkedMeshBesideARealIstiod(t *testing.T) {
+	kubeharness.RequireIstiod(t)
+	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
+	specs := mesh.ExampleClusters(repoPath("examples", "multicluster"))
+	c1spec := specs[0]
+	istiod := kube.StartIstiod(t, kubeharness.IstiodOptions{ClusterID: c1spec.Name, TrustDomain: c1spec.Name + ".local"})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := kube.ApplyDir(ctx, c1spec.Manifests); err != nil {
+		t.Fatal(err)
+	}
+	m := startLinkedMesh(t, func(o *mesh.Options) {
+		o.Clusters[0].Args = append(o.Clusters[0].Args, "--istiod-address", istiod.GRPCAddr)
+	})
+	c1 := m.Cluster(c1spec.Name)
+	u := connectZtunnel(t, ztunnel.Config{Target: istiod.GRPCAddr, ClusterID: c1.Name, Network: c1.Network, NodeName: "node-a"})
+	c := connectZtunnel(t, c1.ZtunnelConfig("node-a"))
+	cfg := ambient.Config{ClusterID: c1.Name}
+
+	const split2 = "/peerd/SplitHorizon/cluster2/hello/echo"
+	var problems []string
+	waitView(t, "peerd's client holding istiod's resources, amended, plus the mesh", func() bool {
+		iv, pv := viewOf(u), viewOf(c)
+		problems = meshProblems(cfg, iv, pv)
+		return len(problems) == 0 && pv.Addresses[c1.Name+split2] != nil && pv.Addresses["hello/echo.hello.mesh.internal"] != nil
+	}, func() string { return strings.Join(problems, "\n") })
+
+	amended := 0
+	for name, w := range c.Workloads() {
+		if _, ok := w.GetServices()["hello/echo.hello.mesh.internal"]; ok && !ambient.IsMeshAddition(cfg, held(c)[name]) {
+			amended++
+		}
+	}
+	if amended == 0 {
+		t.Errorf("no workload from istiod joined hello/echo's global service")
+	}
+}
+
+// meshProblems lists how peerd's view differs from istiod's beyond what the
+// mesh may do: a name istiod serves must be served as istiod serves it,
+// except for services-map keys of global services (with the ports of the
+// plain key beside them) and, on Services, extra SANs and a load_balancing
+// istiod left unset; every other name must be a mesh addition.
+func meshProblems(cfg ambient.Config, istiod, peerd clientView) []string {
+	var problems []string
+	if d := cmp.Diff(istiod.Authorizations, peerd.Authorizations, protocmp.Transform()); d != "" {
+		problems = append(problems, "authorizations differ (-istiod +peerd):\n"+d)
+	}
+	for name := range istiod.Addresses {
+		if peerd.Addresses[name] == nil {
+			problems = append(problems, name+": served by istiod, missing at peerd")
+		}
+	}
+	for name, p := range peerd.Addresses {
+		i := istiod.Addresses[name]
+		if i == nil {
+			if !ambient.IsMeshAddition(cfg, p) {
+				problems = append(problems, name+": served by peerd, neither istiod's nor a mesh addition")
+			}
+			continue
+		}
+		if d := cmp.Diff(i, withoutAmendments(p, i), protocmp.Transform()); d != "" {
+			problems = append(problems, name+": differs from istiod's beyond the mesh's amendments (-istiod +peerd):\n"+d)
+		}
+	}
+	slices.Sort(problems)
+	return problems
+}
+
+// withoutAmendments undoes in p (peerd's version) what the mesh may add to
+// i (istiod's): global services-map keys with the same ports as a plain key
+// p lists, extra SANs, and a load_balancing where i has none.
+func withoutAmendments(p, i *workloadpb.Address) *workloadpb.Address {
+	p = proto.CloneOf(p)
+	if w := p.GetWorkload(); w != nil {
+		for key, ports := range w.GetServices() {
+			if _, ok := i.GetWorkload().GetServices()[key]; ok || !strings.HasSuffix(key, "."+globalSuffix) {
+				continue
+			}
+			ns, host, _ := strings.Cut(key, "/")
+			name, _, _ := strings.Cut(host, ".")
+			plain := ns + "/" + name + "." + ns + ".svc.cluster.local"
+			if proto.Equal(w.GetServices()[plain], ports) {
+				delete(w.Services, key)
+			}
+		}
+	}
+	if s := p.GetService(); s != nil {
+		n := len(s.SubjectAltNames)
+		s.SubjectAltNames = slices.DeleteFunc(s.SubjectAltNames, func(san string) bool {
+			return !slices.Contains(i.GetService().GetSubjectAltNames(), san)
+		})
+		if len(s.SubjectAltNames) == 0 {
+			s.SubjectAltNames = nil
+		}
+		// Only a global-only Service (the one that gains SANs) takes the
+		// mesh's load balancing.
+		if len(s.SubjectAltNames) < n && i.GetService().GetLoadBalancing() == nil {
+			s.LoadBalancing = nil
+		}
+	}
+	return p
 }
