@@ -244,6 +244,8 @@ func TestExtensionModeBesideARealIstiod(t *testing.T) {
 		}
 	}
 	waitView(t, "peerd's client holding istiod's resources plus the mesh", same(u), diff(u))
+	t.Logf("peerd's client holds %d addresses and %d policies, as istiod's client plus the mesh: %s",
+		len(held(c)), len(c.Authorizations()), strings.Join(slices.Sorted(maps.Keys(held(c))), ", "))
 	global := c.Services()[istiodEchoGlob]
 	if global == nil || global.GetHostname() != "echo.apps.mesh.internal" || len(global.GetAddresses()) == 0 {
 		t.Errorf("the global service is missing or has no VIPs: %v", global)
@@ -325,6 +327,14 @@ func TestExtensionModeInALinkedMeshBesideARealIstiod(t *testing.T) {
 	if amended == 0 {
 		t.Errorf("no workload from istiod joined hello/echo's global service")
 	}
+	additions := 0
+	for _, a := range held(c) {
+		if ambient.IsMeshAddition(cfg, a) {
+			additions++
+		}
+	}
+	t.Logf("istiod's client holds %d addresses; peerd's %d: %d mesh additions, %d of istiod's workloads in hello/echo's global service",
+		len(held(u)), len(held(c)), additions, amended)
 }
 
 // meshProblems lists how peerd's view differs from istiod's beyond what the
