@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"maps"
 	"net/http"
 	"os"
@@ -70,6 +71,27 @@ func TestExtensionModeRelaysTheUpstreamAndAddsTheMesh(t *testing.T) {
 	}
 	if _, metrics := relay.get("/metrics"); !strings.Contains(metrics, "peerd_authorization_source_missing 0") || !strings.Contains(metrics, "peerd_istiod_conflicts 0") {
 		t.Errorf("metrics: want peerd_authorization_source_missing 0 and peerd_istiod_conflicts 0")
+	}
+
+	// On demand, peerd answers from the relayed state as istiod does.
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	uo := ztunnel.Start(t, ztunnel.Config{Target: upstream.PlaintextAddr, ClusterID: cluster, OnDemand: true})
+	co := ztunnel.Start(t, ztunnel.Config{Target: relay.PlaintextAddr, ClusterID: cluster, OnDemand: true})
+	for _, key := range []string{"network1/10.1.9.1", echoPlain, cluster + "//Pod/apps/only-istiod"} {
+		fromIstiod, err := uo.Lookup(ctx, key)
+		if err != nil {
+			t.Fatalf("lookup %s at the upstream: %v", key, err)
+		}
+		fromPeerd, err := co.Lookup(ctx, key)
+		if err != nil {
+			t.Fatalf("lookup %s at peerd: %v", key, err)
+		}
+		slices.Sort(fromIstiod)
+		slices.Sort(fromPeerd)
+		if len(fromIstiod) == 0 || !slices.Equal(fromIstiod, fromPeerd) {
+			t.Errorf("on-demand %s: upstream answers %v, peerd %v", key, fromIstiod, fromPeerd)
+		}
 	}
 
 	// istiod goes away: peerd keeps serving everything and says it is stale.
