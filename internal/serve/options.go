@@ -36,6 +36,15 @@ type Options struct {
 	// (plaintext), relayed with the linked mesh laid over it. Empty:
 	// standalone mode, peerd maps local objects itself.
 	IstiodAddress string
+	// IstiodTLS dials IstiodAddress with TLS (istiod's 15012), trusting
+	// IstiodCAFile (default: --ca-dir's root-cert.pem), checking the name
+	// IstiodServerName (default istiod.<system namespace>.svc), and sends
+	// the service-account token in IstiodTokenFile as ztunnel does
+	// (authorization: Bearer, re-read on every connection: it rotates).
+	IstiodTLS        bool
+	IstiodCAFile     string
+	IstiodServerName string
+	IstiodTokenFile  string
 	// MaxFileSize is the largest manifest file the file source reads.
 	MaxFileSize int64
 
@@ -92,8 +101,11 @@ func DefaultOptions() Options {
 		PeerStaleTTL:            peers.DefaultStaleTTL,
 		PeerSyncTimeout:         peers.DefaultSyncTimeout,
 		ServiceAccount:          "peerd",
-		VIPv4Range:              netip.MustParsePrefix("240.240.0.0/16"),
-		VIPv6Range:              netip.MustParsePrefix("2001:2::/48"),
+		// Where Kubernetes mounts a projected token with audience istio-ca,
+		// as in ztunnel's and istiod's own pods.
+		IstiodTokenFile: "/var/run/secrets/tokens/istio-token",
+		VIPv4Range:      netip.MustParsePrefix("240.240.0.0/16"),
+		VIPv6Range:      netip.MustParsePrefix("2001:2::/48"),
 	}
 }
 
@@ -145,6 +157,12 @@ func (o Options) Validate() error {
 	}
 	if o.PeerStaleTTL <= 0 || o.PeerSyncTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--peer-stale-ttl %v, --peer-sync-timeout %v: must be positive (a lost peer's services need some time to ride out a restart; readiness needs some time for links to sync)", o.PeerStaleTTL, o.PeerSyncTimeout))
+	}
+	if o.IstiodTLS && o.IstiodAddress == "" {
+		errs = append(errs, errors.New("--istiod-tls needs --istiod-address"))
+	}
+	if o.IstiodTLS && o.IstiodCAFile == "" && o.CADir == "" {
+		errs = append(errs, errors.New("--istiod-tls needs --istiod-ca-file (istiod's root certificate) or --ca-dir (its root-cert.pem)"))
 	}
 	if o.MaxConnectionAge < 0 {
 		errs = append(errs, fmt.Errorf("--max-connection-age %v: must not be negative", o.MaxConnectionAge))

@@ -5,13 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/peerd-mesh/peerd/internal/ambient"
+	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery/istiod"
 	"github.com/peerd-mesh/peerd/internal/xds"
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
@@ -43,8 +48,13 @@ func newIstiodRelay(opts Options, authorizations *xds.Cache, log *zap.Logger, re
 		return nil, nil
 	}
 	log = log.Named("istiod")
+	dial, err := istiodDial(opts)
+	if err != nil {
+		return nil, err
+	}
 	source, err := istiod.New(istiod.Options{
 		Address:    opts.IstiodAddress,
+		Dial:       dial,
 		Node:       relayNode(opts),
 		Logger:     log,
 		Registerer: reg,
@@ -69,6 +79,61 @@ func newIstiodRelay(opts Options, authorizations *xds.Cache, log *zap.Logger, re
 	reg.MustRegister(r.conflicts, r.conflictsTotal)
 	return r, nil
 }
+
+// istiodDial is how peerd reaches istiod: plaintext (nil: the source's
+// default), or TLS with ztunnel's credentials.
+func istiodDial(opts Options) (func(context.Context, ...grpc.DialOption) (*grpc.ClientConn, error), error) {
+	if !opts.IstiodTLS {
+		return nil, nil
+	}
+	caFile := opts.IstiodCAFile
+	if caFile == "" {
+		caFile = filepath.Join(opts.CADir, "root-cert.pem")
+	}
+	serverName := opts.IstiodServerName
+	if serverName == "" {
+		serverName = "istiod." + opts.SystemNamespace + ".svc"
+	}
+	tlsConfig, err := certs.ClientTLSConfig(caFile, serverName)
+	if err != nil {
+		return nil, fmt.Errorf("--istiod-ca-file %s: %w", caFile, err)
+	}
+	token := tokenCredentials{file: opts.IstiodTokenFile, cluster: opts.ClusterName}
+	if _, err := token.read(); err != nil {
+		return nil, err
+	}
+	return xds.DialTarget(opts.IstiodAddress, grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)), grpc.WithPerRPCCredentials(token)), nil
+}
+
+// tokenCredentials send what ztunnel sends istiod: its service-account
+// token, read from the file on every stream because the kubelet rotates it,
+// and its cluster.
+type tokenCredentials struct {
+	file, cluster string
+}
+
+func (c tokenCredentials) read() (string, error) {
+	b, err := os.ReadFile(c.file)
+	if err != nil {
+		return "", fmt.Errorf("--istiod-token-file: %w", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if token == "" {
+		return "", fmt.Errorf("--istiod-token-file %s: empty", c.file)
+	}
+	return token, nil
+}
+
+func (c tokenCredentials) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	token, err := c.read()
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"authorization": "Bearer " + token, "clusterid": c.cluster}, nil
+}
+
+// RequireTransportSecurity: a token never goes out in the clear.
+func (tokenCredentials) RequireTransportSecurity() bool { return true }
 
 // relayNode is the ztunnel peerd stands in for towards istiod: its own pod
 // as the downward API gives it (POD_NAME, POD_NAMESPACE, POD_IP, NODE_NAME),

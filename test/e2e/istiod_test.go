@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"maps"
+	"net/http"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +13,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/peerd-mesh/peerd/internal/ambient"
 	"github.com/peerd-mesh/peerd/internal/discovery"
@@ -401,4 +406,66 @@ func withoutAmendments(p, i *workloadpb.Address) *workloadpb.Address {
 		}
 	}
 	return p
+}
+
+// TestExtensionModeOverTLSToARealIstiod: peerd reaches istiod as a ztunnel
+// outside istiod's pod does: TLS to its secure port, istiod's root from the
+// istio-ca-root-cert ConfigMap, and a service-account token with audience
+// istio-ca that istiod reviews with the API server. A token istiod does not
+// accept leaves peerd unready, saying why.
+func TestExtensionModeOverTLSToARealIstiod(t *testing.T) {
+	kubeharness.RequireIstiod(t)
+	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
+	istiod := kube.StartIstiod(t, kubeharness.IstiodOptions{ClusterID: cluster})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	objs, err := discovery.DecodeManifests("istiod-cluster.yaml", []byte(istiodCluster))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.Apply(ctx, objs); err != nil {
+		t.Fatal(err)
+	}
+
+	sa := kube.Kube.CoreV1().ServiceAccounts(kubeharness.IstioSystem)
+	if _, err := sa.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "peerd"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	token, err := sa.CreateToken(ctx, "peerd", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"istio-ca"}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var root string
+	waitView(t, "istiod's istio-ca-root-cert ConfigMap", func() bool {
+		cm, err := kube.Kube.CoreV1().ConfigMaps(kubeharness.IstioSystem).Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
+		root = cm.Data["root-cert.pem"]
+		return err == nil && root != ""
+	}, func() string { return "" })
+	dir := t.TempDir()
+	rootFile, tokenFile := filepath.Join(dir, "root-cert.pem"), filepath.Join(dir, "istio-token")
+	writeFile(t, rootFile, root)
+	writeFile(t, tokenFile, token.Status.Token)
+
+	args := []string{"--cluster-name", cluster, "--kubeconfig", kube.Kubeconfig, "--peer-sync-timeout", "1s",
+		"--istiod-address", istiod.SecureGRPCAddr, "--istiod-tls", "--istiod-ca-file", rootFile, "--istiod-token-file", tokenFile}
+	p := startPeerd(t, peerdOptions{Args: args})
+	waitReadyzContains(t, p, "istiod: synced")
+	u := connectZtunnel(t, ztunnel.Config{Target: istiod.GRPCAddr, ClusterID: cluster})
+	c := connectZtunnel(t, ztunnel.Config{Target: p.PlaintextAddr, ClusterID: cluster})
+	waitView(t, "peerd's client holding what istiod's holds, plus the mesh", func() bool {
+		return cmp.Equal(withMesh(viewOf(u), serviceAddress(c.Services()[istiodEchoGlob])), viewOf(c), protocmp.Transform())
+	}, func() string {
+		return cmp.Diff(withMesh(viewOf(u), serviceAddress(c.Services()[istiodEchoGlob])), viewOf(c), protocmp.Transform())
+	})
+
+	// A token that is not a service account's: istiod refuses the stream.
+	badToken := filepath.Join(dir, "bad-token")
+	writeFile(t, badToken, "not-a-token")
+	bad := startPeerd(t, peerdOptions{NoWait: true, Args: append(slices.Clone(args[:len(args)-1]), badToken)})
+	waitReadyzContains(t, bad, "Unauthenticated")
+	code, body := bad.get("/readyz")
+	if code == http.StatusOK || !strings.Contains(body, "istiod: not synced yet") {
+		t.Errorf("/readyz %d with a token istiod refuses:\n%s", code, body)
+	}
+	t.Logf("/readyz with a refused token:\n%s", body)
 }

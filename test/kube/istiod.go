@@ -76,7 +76,10 @@ type IstiodOptions struct {
 // in plaintext.
 type Istiod struct {
 	GRPCAddr string
-	HTTPAddr string
+	// SecureGRPCAddr serves the same over TLS (istiod's 15012), for clients
+	// with a service-account token.
+	SecureGRPCAddr string
+	HTTPAddr       string
 
 	c    *Cluster
 	bin  string
@@ -137,7 +140,7 @@ func (c *Cluster) StartIstiod(t testing.TB, opts IstiodOptions) *Istiod {
 			}
 			ports[k] = strconv.Itoa(p)
 		}
-		i.GRPCAddr, i.HTTPAddr = "127.0.0.1:"+ports[0], "127.0.0.1:"+ports[2]
+		i.GRPCAddr, i.SecureGRPCAddr, i.HTTPAddr = "127.0.0.1:"+ports[0], "127.0.0.1:"+ports[1], "127.0.0.1:"+ports[2]
 		i.args = []string{"discovery",
 			"--kubeconfig", c.Kubeconfig,
 			"--clusterID", opts.ClusterID,
@@ -145,7 +148,7 @@ func (c *Cluster) StartIstiod(t testing.TB, opts IstiodOptions) *Istiod {
 			"--meshConfig", filepath.Join(i.dir, "mesh.yaml"),
 			"--networksConfig", filepath.Join(i.dir, "networks.yaml"),
 			"--grpcAddr", i.GRPCAddr,
-			"--secureGRPCAddr", "127.0.0.1:" + ports[1],
+			"--secureGRPCAddr", i.SecureGRPCAddr,
 			"--httpAddr", i.HTTPAddr,
 			"--monitoringAddr", "127.0.0.1:" + ports[3],
 			"--httpsAddr", "127.0.0.1:" + ports[4],
