@@ -112,7 +112,7 @@ func TestExtensionModeRelaysTheUpstreamAndAddsTheMesh(t *testing.T) {
 	if err := os.Remove(filepath.Join(istiodDir, "90-only-istiod.yaml")); err != nil {
 		t.Fatal(err)
 	}
-	upstream = startPeerd(t, peerdOptions{PlaintextAddr: upstream.PlaintextAddr, Args: []string{"--cluster-name", cluster, "--config-dir", istiodDir}})
+	startPeerd(t, peerdOptions{PlaintextAddr: upstream.PlaintextAddr, Args: []string{"--cluster-name", cluster, "--config-dir", istiodDir}})
 	delete(want, cluster+"//Pod/apps/only-istiod")
 	waitHolds(t, c, "convergence after istiod's restart", want)
 	waitReadyzContains(t, relay, "istiod: synced")
