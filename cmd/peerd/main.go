@@ -36,6 +36,10 @@ func newRootCommand() *cobra.Command {
 		newCertsCommand(),
 		newViewCommand(),
 		newExplainCommand(),
+		newExposeCommand(),
+		newLinkCommand(),
+		newUnlinkCommand(),
+		newCheckCommand(),
 		&cobra.Command{
 			Use:   "version",
 			Short: "Print peerd's version",

@@ -33,13 +33,16 @@ func newServeCommand() *cobra.Command {
 			}
 			defer func() { _ = log.Sync() }()
 			serve.RouteKlog(log)
+			if err := serve.LoadMeshConfig(cmd.Context(), &opts, cmd.Flags().Changed, log); err != nil {
+				return err
+			}
 			return serve.Run(cmd.Context(), opts, log)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&opts.ClusterName, "cluster-name", opts.ClusterName, "this cluster's name (required); the cluster_id of its workloads")
 	f.StringVar(&opts.Network, "network", opts.Network, "this cluster's network (default: the system namespace's topology.istio.io/network label)")
-	f.StringVar(&opts.TrustDomain, "trust-domain", opts.TrustDomain, "this cluster's trust domain")
+	f.StringVar(&opts.TrustDomain, "trust-domain", opts.TrustDomain, "this cluster's trust domain (Kubernetes mode: default the trustDomain of the --mesh-configmap mesh config, else cluster.local)")
 	f.StringVar(&opts.SystemNamespace, "system-namespace", opts.SystemNamespace, "the namespace istiod and peerd run in")
 	f.StringVar(&opts.DomainSuffix, "domain-suffix", opts.DomainSuffix, "the cluster's DNS domain suffix")
 	f.StringVar(&opts.GlobalSuffix, "global-suffix", opts.GlobalSuffix, "the DNS suffix of global services: <name>.<namespace>.<global-suffix>")
@@ -65,6 +68,9 @@ func newServeCommand() *cobra.Command {
 	f.StringVar(&opts.StateDir, "state-dir", opts.StateDir, "file mode: directory for what must outlive a restart, each link's last known state and the VIPs of global services (empty: nothing is kept); Kubernetes mode keeps them in Secrets of the system namespace")
 	f.BoolVar(&opts.SkipValidateTrustDomain, "skip-validate-trust-domain", opts.SkipValidateTrustDomain, "accept a peer whose certificate names another trust domain than its link Gateway's gateway.istio.io/trust-domain (the chain must still lead to the root)")
 	f.StringVar(&opts.ServiceAccount, "service-account", opts.ServiceAccount, "peerd's service account: its identity is spiffe://<trust-domain>/ns/<system-namespace>/sa/<service-account>, and peers must present the same namespace and account")
+	f.StringVar(&opts.MeshConfigMap, "mesh-configmap", opts.MeshConfigMap, "Kubernetes mode: istiod's ConfigMap in the system namespace whose key \"mesh\" gives the trust domain unless --trust-domain is set; read once at start (empty: not read)")
+	f.StringVar(&opts.PodName, "pod-name", opts.PodName, "Kubernetes mode: this replica's identity as holder of the peerd Lease, which elects the one replica that writes the links' live state into the API; must differ between replicas (default $POD_NAME, else the hostname)")
+	f.StringSliceVar(&opts.TokenAudiences, "token-audience", opts.TokenAudiences, "Kubernetes mode: audience the service-account token of a ztunnel on --listen must be valid for (checked with the TokenReview API), repeatable; ztunnel requests istio-ca")
 	f.Var(prefixFlag{&opts.VIPv4Range}, "vip-ipv4-range", "IPv4 range the VIPs of global services are allocated from")
 	f.Var(prefixFlag{&opts.VIPv6Range}, "vip-ipv6-range", "IPv6 range the VIPs of global services are allocated from")
 	f.StringVar(&logLevel, "log-level", logLevel, "debug, info, warn or error")

@@ -335,24 +335,12 @@ type gwOpt func(*gatewayv1.Gateway)
 // its network), trust domain <cluster>.local, gateway service account
 // "eastwest", at the given addresses.
 func link(name, cluster string, addrs []string, opts ...gwOpt) *gatewayv1.Gateway {
-	gw := &gatewayv1.Gateway{
-		ObjectMeta: metav1.ObjectMeta{Namespace: "istio-gateways", Name: name,
-			Labels: map[string]string{federation.LabelNetwork: cluster + "-net", federation.LabelCluster: cluster},
-			Annotations: map[string]string{
-				federation.AnnotationTrustDomain:    cluster + ".local",
-				federation.AnnotationServiceAccount: "eastwest",
-			}},
-		Spec: gatewayv1.GatewaySpec{
-			GatewayClassName: federation.ClassRemote,
-			Listeners: []gatewayv1.Listener{
-				{Name: federation.ListenerHBONE, Port: 15008, Protocol: gatewayv1.ProtocolType("HBONE")},
-				{Name: federation.ListenerXDS, Port: 15012, Protocol: gatewayv1.TLSProtocolType},
-			},
-		},
-	}
-	for _, a := range addrs {
-		gw.Spec.Addresses = append(gw.Spec.Addresses, gatewayv1.GatewaySpecAddress{Value: a})
-	}
+	gw := federation.RenderLink(federation.Link{
+		Gateway: "istio-gateways/" + name, Namespace: "istio-gateways",
+		Cluster: cluster, Network: cluster + "-net",
+		TrustDomain: cluster + ".local", ServiceAccount: "eastwest",
+		Addresses: addrs, XDSPort: 15012, HBONEPort: federation.DefaultHBONEPort,
+	})
 	for _, o := range opts {
 		o(gw)
 	}

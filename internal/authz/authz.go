@@ -6,8 +6,11 @@
 // certs.ServerTLSConfig) and names a peerd identity, which is the system
 // namespace and peerd's service account in any trust domain under that
 // root; ztunnel's types go to everyone except peerd identities, which have
-// no business with them. ztunnel presents no certificate; its token check
-// comes later and will join here.
+// no business with them. ztunnel presents no certificate: on the TLS
+// listener in Kubernetes mode it proves itself with its service-account
+// token (Policy.Tokens, tokens.go), reviewed by the API server. The
+// plaintext listener is unauthenticated by choice (opt-in, for trusted
+// networks), and file mode has no API server to review tokens with.
 //
 // What it must never do: trust a certificate the handshake did not verify
 // (certs.PeerIdentity reads only verified chains), or put an unbounded
@@ -20,6 +23,9 @@ package authz
 import (
 	"context"
 	"fmt"
+
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 
 	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/federation"
@@ -47,6 +53,11 @@ type Policy struct {
 	// spiffe://<any trust domain>/ns/<SystemNamespace>/sa/<ServiceAccount>.
 	SystemNamespace string
 	ServiceAccount  string
+	// Tokens, when set, must authenticate every client of ztunnel's types
+	// on a TLS connection; nil serves them without a token. Connections
+	// without TLS come from the plaintext listener, which is
+	// unauthenticated by design.
+	Tokens *TokenAuthenticator
 }
 
 // IsPeerd reports whether id is a peerd identity.
@@ -77,7 +88,24 @@ func (p Policy) Authorize(ctx context.Context, typeURL string) error {
 		// bound nothing.
 		return &xds.Denial{Identity: PeerdIdentity, Reason: ReasonPeerIdentity,
 			Message: fmt.Sprintf("%s is a peer's identity: peers get federation data only, not ztunnel's types", id)}
-	default:
+	case p.Tokens == nil || !overTLS(ctx):
 		return nil
+	default:
+		// Checked on each stream's first request of each type; the second
+		// type of a stream, and every other stream with the same token,
+		// is answered from the cache.
+		_, err := p.Tokens.Authenticate(ctx)
+		return err
 	}
+}
+
+// overTLS reports whether the stream in ctx came over a TLS connection
+// (the --listen listener) rather than the plaintext one.
+func overTLS(ctx context.Context) bool {
+	pr, ok := peer.FromContext(ctx)
+	if !ok {
+		return false
+	}
+	_, ok = pr.AuthInfo.(credentials.TLSInfo)
+	return ok
 }

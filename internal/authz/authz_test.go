@@ -108,12 +108,18 @@ type server struct {
 
 func newServer(t *testing.T, m meshes) *server {
 	t.Helper()
+	return newServerWith(t, m, policy)
+}
+
+// newServerWith is newServer with another policy.
+func newServerWith(t *testing.T, m meshes, p authz.Policy) *server {
+	t.Helper()
 	s := &server{addrs: xds.NewCache(xds.AddressTypeURL), fed: xds.NewCache(federation.TypeURL), reg: prometheus.NewRegistry()}
 	s.authority, s.creds, s.dir = identityWith(t, m.mesh, "c1", peerdIn("cluster1.local"), s.reg)
 	s.addrs.Replace([]xds.Resource{{Name: "c1//Pod/default/a", Message: &workloadpb.Address{Type: &workloadpb.Address_Workload{
 		Workload: &workloadpb.Workload{Uid: "c1//Pod/default/a", Name: "a", Namespace: "default"}}}}})
 	s.fed.Replace([]xds.Resource{federated("echo", 1)})
-	s.srv = xds.NewServer(xds.ServerOptions{Registerer: s.reg, Authorize: policy.Authorize}, s.addrs, s.fed)
+	s.srv = xds.NewServer(xds.ServerOptions{Registerer: s.reg, Authorize: p.Authorize}, s.addrs, s.fed)
 	g := grpc.NewServer(xds.ServerCodec(), grpc.Creds(s.creds.ServerCredentials()))
 	s.srv.Register(g)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
@@ -306,7 +312,7 @@ func TestPolicyOverTLS(t *testing.T) {
 	})
 	t.Run("mesh workload with a certificate gets Address", func(t *testing.T) {
 		// Not a peer: ztunnel's types are refused to peer identities only
-		// (ztunnel's token check comes later).
+		// (this policy has no token authenticator, as in file mode).
 		st := open(t, dial(t, s.addr, workloadTLS), xds.AddressTypeURL)
 		if m := st.mustRecv(); len(m.GetResources()) != 1 {
 			t.Fatalf("Address response = %v", m)

@@ -14,7 +14,8 @@ const lastAppliedAnnotation = corev1.LastAppliedConfigAnnotation
 
 // Strip returns a new object holding only the fields peerd reads from obj
 // (internal/ambient's mapping, plus what peering needs: a Service's and a
-// Gateway's creationTimestamp, a Gateway's spec and status.addresses), so
+// Gateway's creationTimestamp, a Gateway's generation, spec and
+// status.addresses), so
 // that memory follows what peerd needs and a change to anything else
 // (a node heartbeat, a pod condition other than Ready, managedFields,
 // EndpointSlice trigger-time annotations, Gateway status conditions)
@@ -51,6 +52,9 @@ func Strip(obj runtime.Object) runtime.Object {
 	case *gatewayv1.Gateway:
 		meta := withAnnotations(o.ObjectMeta)
 		meta.CreationTimestamp = o.CreationTimestamp
+		// The generation is the observedGeneration of the link conditions
+		// peerd writes; it moves only with the spec, which is kept anyway.
+		meta.Generation = o.Generation
 		return &gatewayv1.Gateway{
 			TypeMeta:   o.TypeMeta,
 			ObjectMeta: meta,

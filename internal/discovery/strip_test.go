@@ -105,6 +105,9 @@ func TestStrip(t *testing.T) {
 	gwMeta.Labels, gwMeta.CreationTimestamp = labels, created
 	gwIn, gwOut := gwMeta, gwMeta
 	gwIn.Annotations, gwOut.Annotations = annotationsInput, annotations
+	// The generation stays: it is the observedGeneration of the link
+	// conditions peerd writes (noise sets 7).
+	gwOut.Generation = 7
 	gwSpec := gatewayv1.GatewaySpec{
 		GatewayClassName: "istio-eastwest",
 		Listeners:        []gatewayv1.Listener{{Name: "xds-tls", Port: 15012, Protocol: gatewayv1.TLSProtocolType}},
@@ -216,7 +219,7 @@ func TestStrip(t *testing.T) {
 			},
 		},
 		{
-			name: "gateway keeps spec and status addresses",
+			name: "gateway keeps generation, spec and status addresses",
 			in: &gatewayv1.Gateway{
 				ObjectMeta: noise(gwIn),
 				Spec:       gwSpec,

@@ -23,16 +23,17 @@ import (
 const authorizationGap = "authorization: no policy source yet; ztunnels receive an empty istio.security.Authorization set"
 
 // clientAuthenticationGap explains, wherever peerd reports its state, that
-// the TLS listener proves peerd's identity to clients but checks none of
-// theirs (ztunnel token review and peer mTLS are not built yet).
-const clientAuthenticationGap = "ztunnel authentication: none yet on --listen; peers need a peerd certificate under the mesh root, but any other client that reaches it, with no token, receives ztunnel's view of the mesh"
+// in file mode the TLS listener checks no ztunnel's identity: ztunnel
+// proves itself with a token only the Kubernetes API can review.
+const clientAuthenticationGap = "ztunnel authentication: none on --listen in file mode (no API server to review tokens with); peers need a peerd certificate under the mesh root, but any other client that reaches it receives ztunnel's view of the mesh"
 
 // status is what /readyz reports.
 type status struct {
 	index    *discovery.Index
 	serving  atomic.Bool
 	draining atomic.Bool
-	// clientAuthMissing: --listen serves clients it does not authenticate.
+	// clientAuthMissing: --listen serves ztunnel's types to clients it
+	// does not authenticate (file mode).
 	clientAuthMissing atomic.Bool
 	// rejected lists resources that cannot be encoded (nil: none known).
 	rejected func() []error
@@ -40,6 +41,8 @@ type status struct {
 	links *peers.Manager
 	// relay is istiod's stream in extension mode (nil: standalone).
 	relay *istiodRelay
+	// leader is the election of the live-state writer (nil: file mode).
+	leader *leader
 }
 
 func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
@@ -55,7 +58,7 @@ func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
 	}))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "peerd_client_authentication_missing",
-		Help: "1 while the TLS listener (--listen) serves ztunnel's types to clients without authenticating them (peers are authenticated by certificate).",
+		Help: "1 while the TLS listener (--listen) serves ztunnel's types to clients without authenticating them: file mode, which has no TokenReview API (peers are authenticated by certificate; the plaintext listener is unauthenticated by design and not counted here).",
 	}, func() float64 {
 		if s.clientAuthMissing.Load() {
 			return 1
@@ -96,6 +99,9 @@ func (s *status) readiness() (bool, []string) {
 	relayReady, relayLines := s.relay.readiness()
 	ready = ready && relayReady
 	lines = append(lines, relayLines...)
+	if s.leader != nil {
+		lines = append(lines, s.leader.readiness())
+	}
 	for _, err := range s.index.Errors() {
 		lines = append(lines, "source error (last good objects kept): "+err.Error())
 	}

@@ -4,11 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
+	"github.com/peerd-mesh/peerd/internal/authz"
 	"github.com/peerd-mesh/peerd/internal/certs"
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	"github.com/peerd-mesh/peerd/internal/discovery/peers"
+	"github.com/peerd-mesh/peerd/internal/meshconfig"
 )
 
 // defaultDrainDuration spreads the reconnects of every ztunnel of a replica
@@ -78,6 +81,18 @@ type Options struct {
 	// spiffe://<trust-domain>/ns/<system-namespace>/sa/<service-account>,
 	// and peers are recognised by the same namespace and account.
 	ServiceAccount string
+	// MeshConfigMap is istiod's ConfigMap in SystemNamespace whose key
+	// "mesh" gives the trust domain unless the flag sets it (Kubernetes
+	// mode; empty: not read).
+	MeshConfigMap string
+	// PodName is the identity this replica holds the Lease under in
+	// Kubernetes mode; empty: $POD_NAME, else the hostname. Replicas must
+	// not share it.
+	PodName string
+	// TokenAudiences: in Kubernetes mode, a client of ztunnel's types on
+	// the TLS listener must send a service-account token valid for one of
+	// them (checked with the TokenReview API), as istiod asks of ztunnel.
+	TokenAudiences []string
 	// VIPv4Range and VIPv6Range are where global services' VIPs come from.
 	VIPv4Range netip.Prefix
 	VIPv6Range netip.Prefix
@@ -104,6 +119,8 @@ func DefaultOptions() Options {
 		// Where Kubernetes mounts a projected token with audience istio-ca,
 		// as in ztunnel's and istiod's own pods.
 		IstiodTokenFile: "/var/run/secrets/tokens/istio-token",
+		MeshConfigMap:   meshconfig.DefaultConfigMap,
+		TokenAudiences:  []string{authz.DefaultTokenAudience},
 		VIPv4Range:      netip.MustParsePrefix("240.240.0.0/16"),
 		VIPv6Range:      netip.MustParsePrefix("2001:2::/48"),
 	}
@@ -163,6 +180,9 @@ func (o Options) Validate() error {
 	}
 	if o.IstiodTLS && o.IstiodCAFile == "" && o.CADir == "" {
 		errs = append(errs, errors.New("--istiod-tls needs --istiod-ca-file (istiod's root certificate) or --ca-dir (its root-cert.pem)"))
+	}
+	if o.ConfigDir == "" && o.Listen != "" && (len(o.TokenAudiences) == 0 || slices.Contains(o.TokenAudiences, "")) {
+		errs = append(errs, fmt.Errorf("--token-audience %q: ztunnel's tokens on --listen are reviewed for these audiences; give at least one, none empty (ztunnel's is %s)", o.TokenAudiences, authz.DefaultTokenAudience))
 	}
 	if o.MaxConnectionAge < 0 {
 		errs = append(errs, fmt.Errorf("--max-connection-age %v: must not be negative", o.MaxConnectionAge))

@@ -29,6 +29,9 @@ func TestValidate(t *testing.T) {
 		{"istiod TLS without a root to trust", func(o *Options) {
 			o.IstiodAddress, o.IstiodTLS, o.CADir, o.Listen, o.PlaintextListen = "istiod:15012", true, "", "", "127.0.0.1:15010"
 		}, "--istiod-ca-file"},
+		{"no token audience in Kubernetes mode", func(o *Options) { o.TokenAudiences = nil }, "--token-audience"},
+		{"an empty token audience", func(o *Options) { o.TokenAudiences = []string{"istio-ca", ""} }, "--token-audience"},
+		{"file mode reviews no tokens", func(o *Options) { o.ConfigDir, o.TokenAudiences = "/etc/peerd", nil }, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

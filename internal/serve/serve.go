@@ -134,6 +134,14 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	reg.MustRegister(convergence)
 	status := newStatus(index, reg)
 	status.links = links
+	// Tied to the signal, not to ctx: a stopping peerd hands the status
+	// writing over before it drains.
+	leader, stopLiveState, err := startLiveState(signalled, opts, kubeCfg, kubeClient, links, index, log, reg)
+	if err != nil {
+		return err
+	}
+	defer stopLiveState()
+	status.leader = leader
 	status.rejected = addresses.RejectedErrors
 	relay, err := newIstiodRelay(opts, authorizations, log, reg)
 	if err != nil {
@@ -143,11 +151,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	if relay == nil {
 		log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd; --istiod-address relays istiod's")
 	}
-	if opts.Listen != "" {
-		status.clientAuthMissing.Store(true)
-		log.Warn("no ztunnel authentication on --listen: peers must present a peerd certificate under the mesh root, but any other client that reaches the address gets ztunnel's view of the mesh (addresses, identities, nodes) without a token, until ztunnel token auth exists; reach it only from trusted networks",
-			zap.String("listen", opts.Listen))
-	}
+	tokens := ztunnelAuthentication(opts, kubeClient, status, log, reg)
 
 	sources, events, err := startSources(ctx, opts, kubeCfg, index, log, reg)
 	if err != nil {
@@ -208,7 +212,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	go model.run(ctx)
 	log.Info("sources synced; first model built", zap.Int("addresses", addresses.Len()))
 
-	policy := authz.Policy{SystemNamespace: opts.SystemNamespace, ServiceAccount: opts.ServiceAccount}
+	policy := authz.Policy{SystemNamespace: opts.SystemNamespace, ServiceAccount: opts.ServiceAccount, Tokens: tokens}
 	xdsServer := xds.NewServer(xds.ServerOptions{Logger: log, Registerer: reg, Authorize: gateReady(policy.Authorize, links)},
 		addresses, authorizations, federations)
 	drain := newDrainer()

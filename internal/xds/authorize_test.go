@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -79,5 +80,55 @@ func TestAuthorizePlainErrorIsLabelledOther(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(e.srv.metrics.denied.WithLabelValues("istio.workload.Address", "other", "other")); got != 1 {
 		t.Errorf("denied{identity=other,reason=other} = %v, want 1", got)
+	}
+}
+
+// TestAuthorizeDenialCodeAndQuietLog: a Denial's code is the stream's status
+// (a token check says Unauthenticated, not PermissionDenied), every refusal
+// is counted, and repeated refusals with the same labels are logged once per
+// DenialLogInterval, the next log saying how many were not.
+func TestAuthorizeDenialCodeAndQuietLog(t *testing.T) {
+	e := newEnvOptions(t, ServerOptions{
+		Limits: Limits{DenialLogInterval: time.Hour},
+		Authorize: func(context.Context, string) error {
+			return &Denial{Identity: "anonymous", Reason: "no_token", Message: "send a token", Code: codes.Unauthenticated}
+		},
+	})
+	for i := range 3 {
+		r := e.raw()
+		r.send(&discovery.DeltaDiscoveryRequest{TypeUrl: AddressTypeURL})
+		if err := r.ended(); status.Code(err) != codes.Unauthenticated || !strings.Contains(err.Error(), "send a token") {
+			t.Fatalf("stream %d ended with %v, want Unauthenticated with the message", i, err)
+		}
+	}
+	if got := testutil.ToFloat64(e.srv.metrics.denied.WithLabelValues("istio.workload.Address", "anonymous", "no_token")); got != 3 {
+		t.Errorf("denied{reason=no_token} = %v, want 3", got)
+	}
+	if n := e.logs.FilterMessage("refused a type to the client; closing the stream").Len(); n != 1 {
+		t.Errorf("logged %d refusals within one DenialLogInterval, want 1", n)
+	}
+}
+
+func TestDenialLimiterReportsSuppressed(t *testing.T) {
+	var l denialLimiter
+	t0 := time.Unix(0, 0)
+	steps := []struct {
+		key       string
+		at        time.Duration
+		wantLog   bool
+		wantCount int
+	}{
+		{"a", 0, true, 0},
+		{"a", time.Second, false, 0},
+		{"b", time.Second, true, 0}, // another key has its own interval
+		{"a", 2 * time.Second, false, 0},
+		{"a", 10 * time.Second, true, 2},
+		{"a", 11 * time.Second, false, 0},
+	}
+	for i, s := range steps {
+		log, n := l.allow(s.key, t0.Add(s.at), 10*time.Second)
+		if log != s.wantLog || n != s.wantCount {
+			t.Errorf("step %d (%s at %v): allow = %v, %d; want %v, %d", i, s.key, s.at, log, n, s.wantLog, s.wantCount)
+		}
 	}
 }

@@ -35,9 +35,11 @@ type ServerOptions struct {
 	Limits     Limits
 	// Authorize, when set, is asked once per stream and served type URL,
 	// on the stream's first request for that type, with the stream's
-	// context (peer.FromContext gives the client's TLS state). An error
-	// ends the stream with PermissionDenied (stream.authorize says why); a
-	// *Denial sets the metric labels, any other error counts as "other".
+	// context (peer.FromContext gives the client's TLS state, and
+	// metadata.FromIncomingContext its headers). An error ends the stream
+	// with PermissionDenied (stream.authorize says why); a *Denial sets the
+	// metric labels and may set another code, any other error counts as
+	// "other".
 	Authorize func(ctx context.Context, typeURL string) error
 }
 
@@ -52,6 +54,11 @@ type Denial struct {
 	Reason string
 	// Message is the explanation sent to the client and logged.
 	Message string
+	// Code is the status the stream ends with; zero (OK) means
+	// PermissionDenied. Unauthenticated says the client must prove who it
+	// is; Unavailable that the check itself could not be made (ztunnel
+	// retries both with its backoff).
+	Code codes.Code
 }
 
 func (d *Denial) Error() string { return d.Message }
@@ -71,6 +78,10 @@ type Limits struct {
 	// NACKLogInterval: after a NACK is logged, further NACKs of the stream
 	// are counted but logged at most once per interval.
 	NACKLogInterval time.Duration
+	// DenialLogInterval: a refusal is counted every time but logged at most
+	// once per interval for each type, identity and reason, so that a
+	// client retrying with a bad token in a loop cannot flood the log.
+	DenialLogInterval time.Duration
 }
 
 // DefaultLimits are generous for ztunnel (one stream per node, names as long
@@ -80,6 +91,7 @@ var DefaultLimits = Limits{
 	MaxNames:          100_000,
 	MaxNameLength:     1024,
 	NACKLogInterval:   10 * time.Second,
+	DenialLogInterval: 10 * time.Second,
 }
 
 func (l Limits) withDefaults() Limits {
@@ -94,6 +106,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.NACKLogInterval <= 0 {
 		l.NACKLogInterval = DefaultLimits.NACKLogInterval
+	}
+	if l.DenialLogInterval <= 0 {
+		l.DenialLogInterval = DefaultLimits.DenialLogInterval
 	}
 	return l
 }
@@ -110,6 +125,8 @@ type Server struct {
 	ids     atomic.Uint64
 	// authorize is ServerOptions.Authorize.
 	authorize func(ctx context.Context, typeURL string) error
+	// denialLogs rate-limits the refusal log (Limits.DenialLogInterval).
+	denialLogs denialLimiter
 
 	// onSend and onRequest, when set (tests only), see every response just
 	// before Send and every request before it is handled. shared is the
@@ -448,14 +465,15 @@ func (st *stream) handle(req *discovery.DeltaDiscoveryRequest) error {
 }
 
 // authorize asks ServerOptions.Authorize about typeURL. A refusal ends the
-// whole stream with PermissionDenied rather than answering the type empty:
-// delta xDS has no per-type error, and an empty answer reads as "there are
-// no resources", which would make a peer link withdraw everything it
-// imported instead of reporting itself rejected. No legitimate client mixes
-// a refused type with allowed ones on one stream (ztunnel asks for its two
-// types, a peer link for the federation type), so nothing good is lost; a
-// refused client retries with its own backoff and is refused again, each
-// time logged and counted.
+// whole stream (PermissionDenied unless the Denial says otherwise) rather
+// than answering the type empty: delta xDS has no per-type error, and an
+// empty answer reads as "there are no resources", which would make a peer
+// link withdraw everything it imported instead of reporting itself
+// rejected. No legitimate client mixes a refused type with allowed ones on
+// one stream (ztunnel asks for its two types, a peer link for the
+// federation type), so nothing good is lost; a refused client retries with
+// its own backoff and is refused again, each time counted, and logged at
+// most once per DenialLogInterval.
 func (st *stream) authorize(typeURL string) error {
 	auth := st.srv.authorize
 	if auth == nil {
@@ -475,10 +493,51 @@ func (st *stream) authorize(typeURL string) error {
 		d = &Denial{Identity: "other", Reason: "other", Message: err.Error()}
 	}
 	st.srv.metrics.denied.WithLabelValues(shortType(typeURL), d.Identity, d.Reason).Inc()
-	st.log.Warn("refused a type to the client; closing the stream",
-		zap.String("type", typeURL), zap.String("identity", d.Identity), zap.String("reason", d.Reason),
-		zap.String("message", d.Message))
-	return status.Errorf(codes.PermissionDenied, "%s: %s", typeURL, d.Message)
+	if log, notLogged := st.srv.denialLogs.allow(typeURL+"\x00"+d.Identity+"\x00"+d.Reason, time.Now(), st.srv.limits.DenialLogInterval); log {
+		st.log.Warn("refused a type to the client; closing the stream",
+			zap.String("type", typeURL), zap.String("identity", d.Identity), zap.String("reason", d.Reason),
+			zap.String("message", d.Message), zap.Int("refusals_not_logged_since_last", notLogged))
+	}
+	code := d.Code
+	if code == codes.OK {
+		code = codes.PermissionDenied
+	}
+	return status.Errorf(code, "%s: %s", typeURL, d.Message)
+}
+
+// denialLimiter remembers, per key, when a refusal was last logged and how
+// many were not logged since. Keys are made of Denial labels, which are
+// bounded, so the map is too.
+type denialLimiter struct {
+	mu   sync.Mutex
+	keys map[string]*denialLog
+}
+
+type denialLog struct {
+	logged    time.Time
+	notLogged int
+}
+
+// allow reports whether a refusal with key may be logged now, and how many
+// were suppressed before it.
+func (l *denialLimiter) allow(key string, now time.Time, interval time.Duration) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.keys == nil {
+		l.keys = map[string]*denialLog{}
+	}
+	e := l.keys[key]
+	if e == nil {
+		l.keys[key] = &denialLog{logged: now}
+		return true, 0
+	}
+	if now.Sub(e.logged) < interval {
+		e.notLogged++
+		return false, 0
+	}
+	n := e.notLogged
+	e.logged, e.notLogged = now, 0
+	return true, n
 }
 
 func indexOf(list []string, s string) int {

@@ -14,6 +14,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/peerd-mesh/peerd/internal/federation"
+	"github.com/peerd-mesh/peerd/internal/kubeyaml"
 )
 
 // Link is how one peerd reaches a peer: an istio-remote Gateway in its
@@ -28,33 +31,26 @@ type Link struct {
 func LinkFile(cluster string) string { return "links/" + cluster + ".yaml" }
 
 // WriteLink writes l as an istio-remote Gateway, as an operator links two
-// clusters: the peer's network and cluster, its east-west gateway's
-// service account, its address and the ports of its HBONE and xDS
-// listeners.
+// clusters (federation.RenderLink, the one writer of link Gateways): the
+// peer's network and cluster, its east-west gateway's service account, its
+// address and the ports of its HBONE and xDS listeners.
 func WriteLink(w io.Writer, l Link) {
-	fmt.Fprintf(w, `apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: %s
-  namespace: istio-gateways
-  labels:
-    topology.istio.io/network: %s
-    topology.istio.io/cluster: %s
-  annotations:
-    gateway.istio.io/service-account: istio-eastwest
-spec:
-  gatewayClassName: istio-remote
-  addresses:
-  - type: IPAddress
-    value: 127.0.0.1
-  listeners:
-  - name: cross-network
-    port: 15008
-    protocol: HBONE
-  - name: xds-tls
-    port: %d
-    protocol: TLS
-`, l.Cluster, l.Network, l.Cluster, l.Port)
+	b, err := kubeyaml.Marshal(federation.RenderLink(federation.Link{
+		Gateway:        "istio-gateways/" + l.Cluster,
+		Namespace:      "istio-gateways",
+		Cluster:        l.Cluster,
+		Network:        l.Network,
+		ServiceAccount: "istio-eastwest",
+		Addresses:      []string{"127.0.0.1"},
+		XDSPort:        uint32(l.Port),
+		HBONEPort:      federation.DefaultHBONEPort,
+	}))
+	if err != nil {
+		// A Gateway built from strings and numbers always marshals.
+		panic(fmt.Sprintf("bench: link to %s: %v", l.Cluster, err))
+	}
+	// The writer is Stage's buffered one: a failed write comes back from its Flush.
+	_, _ = w.Write(b)
 }
 
 // SplitHorizonUID is the workload uid under which importer serves the

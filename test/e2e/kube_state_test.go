@@ -12,15 +12,28 @@ import (
 
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	"github.com/peerd-mesh/peerd/internal/discovery/peers"
+	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/kubestate"
+	"github.com/peerd-mesh/peerd/internal/kubeyaml"
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
 	"github.com/peerd-mesh/peerd/test/mesh"
 	"github.com/peerd-mesh/peerd/test/ztunnel"
 )
 
 // kubeStateManifest: the system namespace, a link to a cluster2 that never
-// answers, and nothing else; the global Services come one at a time.
-const kubeStateManifest = `apiVersion: v1
+// answers (port 1), and nothing else; the global Services come one at a
+// time.
+func kubeStateManifest(t *testing.T) string {
+	t.Helper()
+	link, err := kubeyaml.Marshal(federation.RenderLink(federation.Link{
+		Gateway: "istio-system/cluster2", Namespace: "istio-system",
+		Cluster: "cluster2", Network: "network2",
+		Addresses: []string{"127.0.0.1"}, XDSPort: 1, HBONEPort: federation.DefaultHBONEPort,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return `apiVersion: v1
 kind: Namespace
 metadata:
   name: istio-system
@@ -32,31 +45,8 @@ kind: Namespace
 metadata:
   name: hello
 ---
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: cluster2
-  namespace: istio-system
-  labels:
-    topology.istio.io/network: network2
-    topology.istio.io/cluster: cluster2
-spec:
-  gatewayClassName: istio-remote
-  addresses:
-  - type: IPAddress
-    value: 127.0.0.1
-  listeners:
-  - name: cross-network
-    port: 15008
-    protocol: HBONE
-    tls:
-      mode: Passthrough
-  - name: xds-tls
-    port: 1
-    protocol: TLS
-    tls:
-      mode: Passthrough
-`
+` + string(link)
+}
 
 // globalServiceManifest is a global Service hello/name without endpoints
 // (the global service exists all the same: the state table's "global /
@@ -101,7 +91,7 @@ func TestKubernetesModeKeepsStateInTheAPI(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	apply(kubeStateManifest)
+	apply(kubeStateManifest(t))
 	args := []string{"--cluster-name", cluster, "--kubeconfig", kube.Kubeconfig, "--vip-ipv4-range", "240.240.0.0/30",
 		"--peer-sync-timeout", "1s"}
 	first := startPeerd(t, peerdOptions{Args: args})

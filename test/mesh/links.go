@@ -2,7 +2,9 @@ package mesh
 
 import (
 	"fmt"
-	"strings"
+
+	"github.com/peerd-mesh/peerd/internal/federation"
+	"github.com/peerd-mesh/peerd/internal/kubeyaml"
 )
 
 // LinkOptions change what a link Gateway says about its target, for the
@@ -35,8 +37,8 @@ func (c *Cluster) Link(target *Cluster, o LinkOptions) error {
 func (c *Cluster) Unlink(target *Cluster) error { return c.RemoveManifest(LinkFile(target)) }
 
 // LinkGateway is the istio-remote Gateway describing target, as `peerd link`
-// writes it into the source cluster (the operator's guide, "Linking
-// clusters"), pointing at target's relay.
+// writes it into the source cluster (federation.RenderLink, the one writer
+// of link Gateways), pointing at target's relay. It is named for target.
 func LinkGateway(target *Cluster, o LinkOptions) string {
 	td := target.TrustDomain
 	if o.TrustDomain != "" {
@@ -50,40 +52,23 @@ func LinkGateway(target *Cluster, o LinkOptions) string {
 	if port == 0 {
 		port = target.Relay.Port()
 	}
-	var locality strings.Builder
-	if target.Region != "" {
-		fmt.Fprintf(&locality, "    topology.kubernetes.io/region: %s\n", target.Region)
+	gw := federation.RenderLink(federation.Link{
+		Gateway:        LinkNamespace + "/" + target.Name,
+		Namespace:      LinkNamespace,
+		Cluster:        target.Name,
+		Network:        target.Network,
+		TrustDomain:    td,
+		ServiceAccount: GatewayServiceAccount,
+		Addresses:      []string{addr},
+		XDSPort:        uint32(port),
+		HBONEPort:      federation.DefaultHBONEPort,
+		Region:         target.Region,
+		Zone:           target.Zone,
+	})
+	b, err := kubeyaml.Marshal(gw)
+	if err != nil {
+		// A Gateway built from strings and numbers always marshals.
+		panic(fmt.Sprintf("mesh: link to %s: %v", target.Name, err))
 	}
-	if target.Zone != "" {
-		fmt.Fprintf(&locality, "    topology.kubernetes.io/zone: %s\n", target.Zone)
-	}
-	return fmt.Sprintf(`# Link to %[1]s: its east-west gateway (here the harness's relay).
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: %[1]s
-  namespace: %[2]s
-  labels:
-    topology.istio.io/network: %[3]s
-    topology.istio.io/cluster: %[1]s
-%[4]s  annotations:
-    gateway.istio.io/trust-domain: %[5]s
-    gateway.istio.io/service-account: %[6]s
-spec:
-  gatewayClassName: istio-remote
-  addresses:
-  - type: IPAddress
-    value: %[7]s
-  listeners:
-  - name: cross-network
-    port: 15008
-    protocol: HBONE
-    tls:
-      mode: Passthrough
-  - name: xds-tls
-    port: %[8]d
-    protocol: TLS
-    tls:
-      mode: Passthrough
-`, target.Name, LinkNamespace, target.Network, locality.String(), td, GatewayServiceAccount, addr, port)
+	return "# Link to " + target.Name + ": its east-west gateway (here the harness's relay).\n" + string(b)
 }

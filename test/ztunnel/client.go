@@ -44,6 +44,10 @@ type Config struct {
 	// Headers are sent as gRPC metadata on every stream (ztunnel sends
 	// "authorization: Bearer <token>" and "clusterid").
 	Headers map[string]string
+	// Token, when set, is sent as "authorization: Bearer <Token>" on every
+	// stream, as ztunnel sends its service-account token (audience
+	// istio-ca); it replaces an authorization entry of Headers.
+	Token string
 
 	IP        string // default 10.0.0.1
 	PodName   string // default ztunnel-test
@@ -115,6 +119,9 @@ type State struct {
 	LastNACK  string // error_detail message of the last NACK
 	// UnknownRemovals counts removed names the client did not hold.
 	UnknownRemovals int
+	// LastError is the error that ended the last stream ("" while none
+	// has ended), such as the server's refusal status.
+	LastError string
 }
 
 // Client is a ztunnel-like delta ADS client. Its state survives reconnects.
@@ -208,12 +215,35 @@ func (c *Client) node() *core.Node {
 	return &core.Node{Id: c.cfg.NodeID(), Metadata: &structpb.Struct{Fields: md}}
 }
 
-// session runs one stream until it fails or ctx ends.
-func (c *Client) session(ctx context.Context, conn *grpc.ClientConn) error {
+// metadata is what every stream sends: Headers and the token.
+func (c *Client) metadata() metadata.MD {
+	md := metadata.New(c.cfg.Headers)
+	if c.cfg.Token != "" {
+		md.Set("authorization", "Bearer "+c.cfg.Token)
+	}
+	return md
+}
+
+// session runs one stream until it fails or ctx ends; the error is kept as
+// State.LastError.
+func (c *Client) session(ctx context.Context, conn *grpc.ClientConn) (err error) {
+	defer func() {
+		if err != nil && ctx.Err() == nil {
+			c.mu.Lock()
+			c.state.LastError = err.Error()
+			c.notifyLocked()
+			c.mu.Unlock()
+		}
+	}()
+	return c.stream(ctx, conn)
+}
+
+// stream runs one stream until it fails or ctx ends.
+func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if len(c.cfg.Headers) > 0 {
-		sctx = metadata.NewOutgoingContext(sctx, metadata.New(c.cfg.Headers))
+	if md := c.metadata(); md.Len() > 0 {
+		sctx = metadata.NewOutgoingContext(sctx, md)
 	}
 	stream, err := discovery.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(sctx)
 	if err != nil {

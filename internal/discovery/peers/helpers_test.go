@@ -17,7 +17,6 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	testingclock "k8s.io/utils/clock/testing"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
@@ -184,21 +183,11 @@ func withXDSPort(port int) gatewayOpt {
 // remoteGateway is an istio-remote Gateway named for cluster that links to
 // the peer at port on 127.0.0.1.
 func remoteGateway(cluster string, port int, opts ...gatewayOpt) *gatewayv1.Gateway {
-	gw := &gatewayv1.Gateway{
-		ObjectMeta: metav1.ObjectMeta{
-			Namespace: "istio-gateways", Name: cluster,
-			Labels:      map[string]string{federation.LabelNetwork: "net-" + cluster, federation.LabelCluster: cluster},
-			Annotations: map[string]string{federation.AnnotationTrustDomain: cluster + ".local"},
-		},
-		Spec: gatewayv1.GatewaySpec{
-			GatewayClassName: federation.ClassRemote,
-			Addresses:        []gatewayv1.GatewaySpecAddress{{Value: "127.0.0.1"}},
-			Listeners: []gatewayv1.Listener{
-				{Name: federation.ListenerXDS, Port: gatewayv1.PortNumber(port), Protocol: gatewayv1.TLSProtocolType},
-				{Name: federation.ListenerHBONE, Port: 15008, Protocol: gatewayv1.TLSProtocolType},
-			},
-		},
-	}
+	gw := federation.RenderLink(federation.Link{
+		Gateway: "istio-gateways/" + cluster, Namespace: "istio-gateways",
+		Cluster: cluster, Network: "net-" + cluster, TrustDomain: cluster + ".local",
+		Addresses: []string{"127.0.0.1"}, XDSPort: uint32(port), HBONEPort: federation.DefaultHBONEPort,
+	})
 	for _, o := range opts {
 		o(gw)
 	}

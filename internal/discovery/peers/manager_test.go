@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -73,7 +74,9 @@ func TestInvalidGateway(t *testing.T) {
 		wantField string
 	}{
 		{"no address", []gatewayOpt{func(gw *gatewayv1.Gateway) { gw.Spec.Addresses = nil }}, "spec.addresses: none"},
-		{"no xds-tls listener", []gatewayOpt{func(gw *gatewayv1.Gateway) { gw.Spec.Listeners = gw.Spec.Listeners[1:] }}, `spec.listeners: no "xds-tls" listener`},
+		{"no xds-tls listener", []gatewayOpt{func(gw *gatewayv1.Gateway) {
+			gw.Spec.Listeners = slices.DeleteFunc(gw.Spec.Listeners, func(l gatewayv1.Listener) bool { return l.Name == federation.ListenerXDS })
+		}}, `spec.listeners: no "xds-tls" listener`},
 		{"no network", []gatewayOpt{withLabel(federation.LabelNetwork, "")}, "metadata.labels[topology.istio.io/network]: required"},
 		{"bad address", []gatewayOpt{withAddress("not an address")}, "spec.addresses[0]"},
 	}
