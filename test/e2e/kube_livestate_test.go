@@ -21,37 +21,23 @@ import (
 	"github.com/peerd-mesh/peerd/internal/discovery"
 	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/kubestate"
+	"github.com/peerd-mesh/peerd/internal/kubeyaml"
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
 )
 
 // liveStateLink is an istio-remote Gateway to cluster, dialled at
 // 127.0.0.1:port.
-func liveStateLink(cluster string, port int) string {
-	return fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata:
-  name: %[1]s
-  namespace: istio-system
-  labels:
-    topology.istio.io/network: net-%[1]s
-    topology.istio.io/cluster: %[1]s
-spec:
-  gatewayClassName: istio-remote
-  addresses:
-  - type: IPAddress
-    value: 127.0.0.1
-  listeners:
-  - name: cross-network
-    port: 15008
-    protocol: HBONE
-    tls:
-      mode: Passthrough
-  - name: xds-tls
-    port: %[2]d
-    protocol: TLS
-    tls:
-      mode: Passthrough
-`, cluster, port)
+func liveStateLink(t *testing.T, cluster string, port int) string {
+	t.Helper()
+	link, err := kubeyaml.Marshal(federation.RenderLink(federation.Link{
+		Gateway: "istio-system/" + cluster, Namespace: "istio-system",
+		Cluster: cluster, Network: "net-" + cluster,
+		Addresses: []string{"127.0.0.1"}, XDSPort: uint32(port), HBONEPort: federation.DefaultHBONEPort,
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(link)
 }
 
 // TestKubernetesModeWritesLiveState: two peerd replicas against one API
@@ -97,8 +83,9 @@ func TestKubernetesModeWritesLiveState(t *testing.T) {
 	closedPort := closed.Addr().(*net.TCPAddr).Port
 	closed.Close()
 
-	manifest := kubeStateManifest[:strings.Index(kubeStateManifest, "---")] + "---\n" +
-		liveStateLink("cluster2", closedPort) + "---\n" + liveStateLink("cluster3", lis.Addr().(*net.TCPAddr).Port)
+	base := kubeStateManifest(t)
+	manifest := base[:strings.Index(base, "---")] + "---\n" +
+		liveStateLink(t, "cluster2", closedPort) + "---\n" + liveStateLink(t, "cluster3", lis.Addr().(*net.TCPAddr).Port)
 	objs, err := discovery.DecodeManifests("test.yaml", []byte(manifest))
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +245,8 @@ func TestKubernetesModeReadsTheMeshConfig(t *testing.T) {
 	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	objs, err := discovery.DecodeManifests("test.yaml", []byte(kubeStateManifest[:strings.Index(kubeStateManifest, "---")]))
+	base := kubeStateManifest(t)
+	objs, err := discovery.DecodeManifests("test.yaml", []byte(base[:strings.Index(base, "---")]))
 	if err != nil {
 		t.Fatal(err)
 	}
