@@ -131,6 +131,9 @@ func monitoringHandler(reg *prometheus.Registry, st *status, addresses *xds.Cach
 	if st.links != nil {
 		debug.Handle("/debug/peers", st.links)
 	}
+	if st.relay != nil {
+		debug.HandleFunc("/debug/istiod", st.relay.serveStatus)
+	}
 	debug.HandleFunc("/debug/pprof/", pprof.Index)
 	debug.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	debug.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -2,11 +2,16 @@ package serve
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +40,8 @@ type istiodRelay struct {
 
 	// merger is made by the model loop, which owns it.
 	merger *ambient.Merger
+	// mu guards reported, which /debug/istiod reads; the model loop writes it.
+	mu sync.Mutex
 	// reported: the conflicts already logged.
 	reported       map[string]bool
 	conflicts      prometheus.Gauge
@@ -230,7 +237,9 @@ func (r *istiodRelay) report(conflicts []string) {
 			r.conflictsTotal.Inc()
 		}
 	}
+	r.mu.Lock()
 	r.reported = current
+	r.mu.Unlock()
 	r.conflicts.Set(float64(len(current)))
 }
 
@@ -274,4 +283,38 @@ func resources(addrs []*workloadpb.Address) []xds.Resource {
 		})
 	}
 	return out
+}
+
+// serveStatus is /debug/istiod: the relay's connection as the peer links
+// show theirs on /debug/peers.
+func (r *istiodRelay) serveStatus(w http.ResponseWriter, _ *http.Request) {
+	st := r.source.Status()
+	out := struct {
+		State       xds.ClientState `json:"state"`
+		Since       time.Time       `json:"since"`
+		Stale       bool            `json:"stale"`
+		StaleSince  *time.Time      `json:"staleSince,omitempty"`
+		LastError   string          `json:"lastError,omitempty"`
+		LastErrorAt *time.Time      `json:"lastErrorAt,omitempty"`
+		Connects    int             `json:"connects"`
+		Failures    int             `json:"failures"`
+		Responses   int             `json:"responses"`
+		NACKs       int             `json:"nacks"`
+		LastNACK    string          `json:"lastNack,omitempty"`
+		Conflicts   []string        `json:"conflicts,omitempty"`
+	}{State: st.State, Since: st.Since, Stale: st.Stale, Connects: st.Connects, Failures: st.Failures,
+		Responses: st.Responses, NACKs: st.NACKs, LastNACK: st.LastNACK}
+	if st.Stale {
+		out.StaleSince = &st.StaleSince
+	}
+	if st.LastError != nil {
+		out.LastError, out.LastErrorAt = st.LastError.Error(), &st.LastErrorAt
+	}
+	r.mu.Lock()
+	out.Conflicts = slices.Sorted(maps.Keys(r.reported))
+	r.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(out)
 }

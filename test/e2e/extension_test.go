@@ -103,6 +103,9 @@ func TestExtensionModeRelaysTheUpstreamAndAddsTheMesh(t *testing.T) {
 	if _, metrics := relay.get("/metrics"); !strings.Contains(metrics, "peerd_istiod_stale 1") {
 		t.Errorf("metrics: want peerd_istiod_stale 1")
 	}
+	if _, dbg := relay.get("/debug/istiod"); !strings.Contains(dbg, `"stale": true`) || !strings.Contains(dbg, `"lastError"`) {
+		t.Errorf("/debug/istiod does not show the relay stale with its error:\n%s", dbg)
+	}
 	if d := cmp.Diff(want, held(c), protocmp.Transform()); d != "" {
 		t.Errorf("the client lost state while istiod was down (-before +now):\n%s", d)
 	}
