@@ -99,6 +99,9 @@ type Source struct {
 	wasSynced bool
 
 	decodeErrors prometheus.Counter
+	// rejected: why each rejected resource was last rejected, by type and
+	// name. Only Run's goroutine (validate) uses it.
+	rejected map[string]string
 }
 
 // New returns a Source; Run connects it.
@@ -119,6 +122,7 @@ func New(o Options) (*Source, error) {
 		addresses:      map[string]*workloadpb.Address{},
 		authorizations: map[string]*securitypb.Authorization{},
 		answered:       map[string]bool{},
+		rejected:       map[string]string{},
 		decodeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "peerd_istiod_rejected_resources_total",
 			Help: "Resources from istiod that did not decode (or were misnamed) and were NACKed; they never reach ztunnel.",
@@ -222,12 +226,19 @@ func decode(typeURL string, r *discoveryv3.Resource) (proto.Message, error) {
 
 // validate NACKs what does not decode; the Client keeps the previous
 // version of the resource, if any.
+// A resource rejected again for the same reason (istiod re-sends on each
+// push) is counted but logged once.
 func (s *Source) validate(typeURL string, r *discoveryv3.Resource) error {
+	key := typeURL + " " + r.GetName()
 	if _, err := decode(typeURL, r); err != nil {
 		s.decodeErrors.Inc()
-		s.log.Error("NACKing a resource from istiod: it is not relayed", zap.String("type", typeURL), zap.String("resource", r.GetName()), zap.Error(err))
+		if s.rejected[key] != err.Error() {
+			s.rejected[key] = err.Error()
+			s.log.Error("NACKing a resource from istiod: it is not relayed", zap.String("type", typeURL), zap.String("resource", r.GetName()), zap.Error(err))
+		}
 		return err
 	}
+	delete(s.rejected, key)
 	return nil
 }
 
