@@ -7,8 +7,10 @@ PROTOC    ?= protoc
 GOBIN     := $(shell $(GO) env GOPATH)/bin
 PROTO_SRC := proto/istio/workload/workload.proto proto/istio/security/authorization.proto proto/peerd/federation/v1/federation.proto
 RACE      ?= -race
+HELM      ?= $(GOBIN)/helm
+CHART     := deploy/peerd
 
-.PHONY: build test test-unit test-istio lint proto run demo bench bench-e2e bench-peering tools fuzz-short
+.PHONY: build test test-unit test-istio lint chart proto run demo bench bench-e2e bench-peering tools fuzz-short
 
 build:
 	$(GO) build -o $(BIN)/peerd ./cmd/peerd
@@ -66,9 +68,22 @@ lint:
 	$(GO) vet ./...
 	$(GOBIN)/staticcheck ./...
 
+# The Helm chart: lint (values.schema.json included) and render with each CI
+# values set (deploy/peerd/ci: the defaults, and every value changed with
+# three replicas), and the defaults with three replicas. test/deploy applies
+# the rendered objects to a real API server.
+chart:
+	@set -e; for f in $(CHART)/ci/*.yaml; do \
+		echo "== $$f"; \
+		$(HELM) lint --strict $(CHART) --namespace istio-system --values $$f; \
+		$(HELM) template peerd $(CHART) --namespace istio-system --values $$f >/dev/null; \
+	done
+	$(HELM) template peerd $(CHART) --namespace istio-system --values $(CHART)/ci/default-values.yaml --set replicas=3 >/dev/null
+
 tools:
 	$(GO) install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 	$(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+	$(GO) install helm.sh/helm/v4/cmd/helm@v4.3.2
 
 proto:
 	$(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12

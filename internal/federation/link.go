@@ -157,3 +157,15 @@ func (l Link) Dial() string {
 	}
 	return fmt.Sprintf("%s:%d", host, l.XDSPort)
 }
+
+// PeerServerName is the TLS server name (SNI) a link sends when it dials a
+// peer's east-west gateway: the name of the peerd Service in the peer's
+// system namespace, which is this peerd's own (peers present identities in
+// the same namespace). The gateway's xds-tls listener passes TLS through
+// unopened, so the SNI is the one thing it can route on: the Helm chart's
+// TLSRoute matches this name and hands the connection to peerd, while other
+// traffic on the listener keeps its own route. The name is not verified;
+// the peer is, by its SPIFFE identity.
+func PeerServerName(systemNamespace string) string {
+	return "peerd." + systemNamespace + ".svc"
+}

@@ -42,6 +42,10 @@ const (
 	linkHeartbeatInterval = 30 * time.Second
 	linkStatusWriteRate   = 10 // per second, over all Gateways
 	linkStatusWriteBurst  = 20
+	// linkStatusResync re-applies unchanged conditions now and then: a
+	// writer that replaces the whole status (not through server-side
+	// apply) may have dropped them, and the writer never reads them back.
+	linkStatusResync = 10 * time.Minute
 	// linkStatusRetryMax caps the backoff after a failed write.
 	linkStatusRetryMax = 30 * time.Second
 	// maxConditionMessage is below the API's 32768 so that the suffix with
@@ -233,7 +237,11 @@ func (w *linkStatusWriter) sync(ctx context.Context, state map[string]*written) 
 		}
 		conds := linkConditions(st)
 		same := prev != nil && prev.uid == gw.UID && prev.generation == gw.Generation && slices.Equal(prev.conditions, conds)
-		if same && (st.LastMessage.Equal(prev.lastMessage) || now.Sub(prev.at) < linkHeartbeatInterval) {
+		age := time.Duration(0)
+		if prev != nil {
+			age = now.Sub(prev.at)
+		}
+		if same && age < linkStatusResync && (st.LastMessage.Equal(prev.lastMessage) || age < linkHeartbeatInterval) {
 			continue
 		}
 		if !w.limiter.AllowN(now, 1) {

@@ -288,6 +288,20 @@ func TestLinkStatusWriter(t *testing.T) {
 		t.Errorf("lastTransitionTime moved from %v to %v without a status change", synced, c.LastTransitionTime)
 	}
 
+	// Unchanged conditions are re-applied after linkStatusResync (another
+	// writer may have replaced the whole status), not before.
+	clk.Step(linkStatusResync - time.Second)
+	before := writes()
+	w.sync(ctx, state)
+	if writes() != before {
+		t.Errorf("re-applied before %v", linkStatusResync)
+	}
+	clk.Step(time.Second)
+	w.sync(ctx, state)
+	if writes() != before+1 {
+		t.Errorf("not re-applied after %v", linkStatusResync)
+	}
+
 	// A new generation of the Gateway is observed.
 	gw.Spec.Listeners[0].Port = 15013
 	if _, err := gateways.Update(ctx, gw, metav1.UpdateOptions{}); err != nil {
@@ -304,7 +318,7 @@ func TestLinkStatusWriter(t *testing.T) {
 	if err := gateways.Delete(ctx, "cluster2", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	before := writes()
+	before = writes()
 	link.State = peers.StateStale
 	feed.set(link)
 	clk.Step(time.Second)

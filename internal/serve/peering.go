@@ -3,6 +3,7 @@ package serve
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 
@@ -22,15 +23,40 @@ import (
 // known state.
 const linksDir = "links"
 
+// peerCredentials are a link's TLS credentials: peerd's own identity, the
+// peer verified against the link's trust domain, and the SNI the peer's
+// east-west gateway routes to peerd on (federation.PeerServerName; without
+// it a link dialling the gateway by IP would send none).
+func peerCredentials(opts Options, identity *certs.Credentials) func(federation.Link) credentials.TransportCredentials {
+	return func(l federation.Link) credentials.TransportCredentials {
+		tlsCreds := credentials.NewTLS(identity.PeerClientTLS(l.PeerTrustDomain(), opts.SkipValidateTrustDomain))
+		return serverNameCreds{TransportCredentials: tlsCreds, name: federation.PeerServerName(opts.SystemNamespace)}
+	}
+}
+
+// serverNameCreds hand the handshake a fixed server name in place of the
+// dialled authority: gRPC's TLS credentials set the SNI from the authority
+// whatever the config says.
+type serverNameCreds struct {
+	credentials.TransportCredentials
+	name string
+}
+
+func (c serverNameCreds) ClientHandshake(ctx context.Context, _ string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	return c.TransportCredentials.ClientHandshake(ctx, c.name, conn)
+}
+
+func (c serverNameCreds) Clone() credentials.TransportCredentials {
+	return serverNameCreds{TransportCredentials: c.TransportCredentials.Clone(), name: c.name}
+}
+
 // newPeers makes the peer links' manager. Links dial with peerd's own
 // identity (identity nil: no --listen, so no certificate; links then fail
 // with a clear error rather than going out in the clear).
 func newPeers(opts Options, store peers.Store, index *discovery.Index, identity *certs.Credentials, log *zap.Logger, reg prometheus.Registerer) (*peers.Manager, error) {
 	var creds func(federation.Link) credentials.TransportCredentials
 	if identity != nil {
-		creds = func(l federation.Link) credentials.TransportCredentials {
-			return credentials.NewTLS(identity.PeerClientTLS(l.PeerTrustDomain(), opts.SkipValidateTrustDomain))
-		}
+		creds = peerCredentials(opts, identity)
 	}
 	return peers.NewManager(peers.Options{
 		LocalCluster: opts.ClusterName,

@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -69,6 +71,11 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 	if err := kube.Kube.CoreV1().ServiceAccounts("istio-system").Delete(ctx, "gone", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The API server's authenticator reads service accounts through an
+	// informer: until it has seen the deletion, the token still passes.
+	waitFor(t, "the API server to refuse the deleted service account's token", func() bool {
+		return !reviewedAuthenticated(t, ctx, kube, deleted)
+	})
 
 	tlsConfig, err := certs.ClientTLSConfig(filepath.Join(pki, "root-cert.pem"), "istiod.istio-system.svc")
 	if err != nil {
@@ -120,6 +127,22 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 			t.Errorf("peerd_token_reviews_total{result=authenticated} = %v, want 1 (both types of the stream share one review)", v)
 		}
 	})
+	t.Run("peerd view with --token-file", func(t *testing.T) {
+		tokenFile := filepath.Join(t.TempDir(), "token")
+		if err := os.WriteFile(tokenFile, []byte(good+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		viewArgs := []string{"view", "services", "--addr", listen, "--tls", "--root-cert", filepath.Join(pki, "root-cert.pem"),
+			"--server-name", "istiod.istio-system.svc", "--timeout", "20s"}
+		out, err := exec.Command(peerdBinary, append(viewArgs, "--token-file", tokenFile)...).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "kubernetes.default.svc.cluster.local") {
+			t.Fatalf("peerd view with a token: %v\n%s", err, out)
+		}
+		out, err = exec.Command(peerdBinary, viewArgs...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "no bearer token") {
+			t.Fatalf("peerd view without a token: %v, want the refusal\n%s", err, out)
+		}
+	})
 	t.Run("a peer's certificate needs no token", func(t *testing.T) {
 		authority, err := certs.NewAuthority(filepath.Join(pki, "cluster2"), certs.AuthorityOptions{Resync: -1})
 		if err != nil {
@@ -167,6 +190,18 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 			t.Fatalf("%d refused streams in %v caused %v TokenReviews, want at most %v", n, elapsed, reviews, allowed)
 		}
 	})
+}
+
+// reviewedAuthenticated asks the API server itself whether token is valid
+// for istio-ca.
+func reviewedAuthenticated(t *testing.T, ctx context.Context, kube *kubeharness.Cluster, token string) bool {
+	t.Helper()
+	r, err := kube.Kube.AuthenticationV1().TokenReviews().Create(ctx, &authnv1.TokenReview{
+		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: []string{"istio-ca"}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Status.Authenticated
 }
 
 // firstResponse opens one delta stream over TLS with md as its metadata,
