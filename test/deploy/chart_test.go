@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/restmapper"
 
 	kubeharness "github.com/peerd-mesh/peerd/test/kube"
+	"github.com/peerd-mesh/peerd/test/mesh"
 )
 
 const (
@@ -42,23 +43,7 @@ var (
 	peerdBinary string
 )
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "peerd-chart-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	peerdBinary = filepath.Join(dir, "peerd")
-	build := exec.Command("go", "build", "-o", peerdBinary, "github.com/peerd-mesh/peerd/cmd/peerd")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building peerd:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { mesh.MainWithPeerd(m, &peerdBinary) }
 
 // valuesFiles are the chart's CI values: the defaults, and every value
 // changed (three replicas among them).

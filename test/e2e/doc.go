@@ -5,4 +5,8 @@
 // internals; the binary is the unit under test. The peering tests (peering_*)
 // run three linked peerds from examples/multicluster through test/mesh and
 // ask the ztunnel-like client where traffic would go (internal/explain).
+// The Kubernetes mesh test (kube_mesh_test.go) is the operator's path on
+// three real API servers (test/kube): peerd in Kubernetes mode, the CLI
+// (expose, link, unlink, check) through one merged kubeconfig, relays from
+// test/mesh on their own loopback addresses as the east-west gateways.
 package e2e

@@ -79,35 +79,7 @@ func TestKubernetesModeRunsWithTheDocumentedRBAC(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := kube.Kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "peerd"}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	subject := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "peerd", Namespace: ns}}
-	rbac := kube.Kube.RbacV1()
-	if _, err := rbac.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "peerd"}, Rules: peerdClusterRules}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "peerd"},
-		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "peerd"}, Subjects: subject}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rbac.Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "peerd"}, Rules: peerdSystemNamespaceRules}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := rbac.RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "peerd"},
-		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "peerd"}, Subjects: subject}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	expiry := int64(3600)
-	token, err := kube.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "peerd",
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig, err := kube.KubeconfigForToken("peerd", token.Status.Token)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := peerdKubeconfig(t, ctx, kube)
 
 	pki := peerdCerts(t, "cluster1,cluster2")
 	listen := freePort(t)
@@ -164,4 +136,43 @@ func TestKubernetesModeRunsWithTheDocumentedRBAC(t *testing.T) {
 	if logs := p.Logs(); strings.Contains(strings.ToLower(logs), "forbidden") {
 		t.Errorf("peerd was refused something under the documented RBAC:\n%s", logs)
 	}
+}
+
+// peerdKubeconfig creates the service account istio-system/peerd, grants it
+// exactly the documented rules (peerdClusterRules, peerdSystemNamespaceRules)
+// and returns a kubeconfig that authenticates as it with a token from the
+// TokenRequest API: peerd then runs with what an installation gives it.
+func peerdKubeconfig(t *testing.T, ctx context.Context, kube *kubeharness.Cluster) string {
+	t.Helper()
+	const ns = "istio-system"
+	if _, err := kube.Kube.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "peerd"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	subject := []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: "peerd", Namespace: ns}}
+	rbac := kube.Kube.RbacV1()
+	if _, err := rbac.ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "peerd"}, Rules: peerdClusterRules}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "peerd"},
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "peerd"}, Subjects: subject}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rbac.Roles(ns).Create(ctx, &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "peerd"}, Rules: peerdSystemNamespaceRules}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rbac.RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "peerd"},
+		RoleRef: rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "peerd"}, Subjects: subject}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	expiry := int64(3600)
+	token, err := kube.Kube.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "peerd",
+		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig, err := kube.KubeconfigForToken("peerd", token.Status.Token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig
 }

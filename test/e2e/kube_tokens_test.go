@@ -81,7 +81,9 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ztunnelWith := func(token string) *ztunnel.Client {
+	// Each client stops with its subtest: one retrying in the background
+	// would add refusals and reviews to the later subtests' counts.
+	ztunnelWith := func(t *testing.T, token string) *ztunnel.Client {
 		return ztunnel.Start(t, ztunnel.Config{
 			Target:      listen,
 			ClusterID:   cluster,
@@ -93,7 +95,7 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 	}
 	refused := func(t *testing.T, token, reason string, message ...string) {
 		t.Helper()
-		z := ztunnelWith(token)
+		z := ztunnelWith(t, token)
 		waitState(t, z, "the refusal", func(s *ztunnel.State) bool { return s.LastError != "" })
 		st := z.Stats()
 		t.Logf("refused: %s", st.LastError)
@@ -121,7 +123,7 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 		refused(t, deleted, "invalid_token", "refused by the Kubernetes TokenReview API")
 	})
 	t.Run("a real ztunnel token gets the mesh", func(t *testing.T) {
-		z := ztunnelWith(good)
+		z := ztunnelWith(t, good)
 		waitState(t, z, "the mesh", func(s *ztunnel.State) bool { return s.Ready && len(s.Workloads) > 0 && len(s.Services) > 0 })
 		if v, _ := p.metric(t, "peerd_token_reviews_total", `result="authenticated"`); v != 1 {
 			t.Errorf("peerd_token_reviews_total{result=authenticated} = %v, want 1 (both types of the stream share one review)", v)
@@ -181,7 +183,10 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 		for err := range errs {
 			t.Fatal(err)
 		}
-		p.waitMetric(t, deniedBefore+n, "peerd_xds_requests_denied_total", `reason="invalid_token"`)
+		waitFor(t, fmt.Sprintf("%d more refusals with reason invalid_token", n), func() bool {
+			v, _ := p.metric(t, "peerd_xds_requests_denied_total", `reason="invalid_token"`)
+			return v >= deniedBefore+n
+		})
 		after, _ := p.metric(t, "peerd_token_reviews_total", `result="unauthenticated"`)
 		// A refused token is cached for 5s: one review per 5s started, and
 		// never one per try.

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -20,23 +21,7 @@ import (
 // peerdBinary is built once by TestMain.
 var peerdBinary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "peerd-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	peerdBinary = filepath.Join(dir, "peerd")
-	build := exec.Command("go", "build", "-o", peerdBinary, "github.com/peerd-mesh/peerd/cmd/peerd")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "building peerd:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { mesh.MainWithPeerd(m, &peerdBinary) }
 
 // repoPath returns a path relative to the repository root.
 func repoPath(parts ...string) string {
@@ -94,6 +79,9 @@ type peerdOptions struct {
 	MonitoringListen, MonitoringAddr string
 	// NoWait returns without waiting for /readyz.
 	NoWait bool
+	// Env is added to the test's environment (e.g. POD_NAME=..., as the
+	// downward API sets it in a pod).
+	Env []string
 }
 
 // startPeerd starts `peerd serve` and waits until /readyz says ready. The
@@ -120,6 +108,9 @@ func startPeerd(t *testing.T, o peerdOptions) *peerdProcess {
 	args = append(args, "--plaintext-listen", p.PlaintextAddr, "--monitoring-listen", monitoringListen)
 	p.cmd = exec.Command(peerdBinary, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	if len(o.Env) > 0 {
+		p.cmd.Env = append(os.Environ(), o.Env...)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -146,13 +137,20 @@ func hasFlag(args []string, flag string) bool {
 }
 
 // Stop ends the process (idempotent).
-func (p *peerdProcess) Stop() {
+func (p *peerdProcess) Stop() { p.stopWith(os.Interrupt) }
+
+// Terminate ends the process as the kubelet ends a pod: SIGTERM.
+func (p *peerdProcess) Terminate() { p.stopWith(syscall.SIGTERM) }
+
+// stopWith sends sig and waits for the process to exit, killing it after
+// 10s.
+func (p *peerdProcess) stopWith(sig os.Signal) {
 	select {
 	case <-p.exited:
 		return
 	default:
 	}
-	_ = p.cmd.Process.Signal(os.Interrupt)
+	_ = p.cmd.Process.Signal(sig)
 	select {
 	case <-p.exited:
 	case <-time.After(10 * time.Second):

@@ -4,13 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/peerd-mesh/peerd/test/ports"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"testing"
 	"time"
+
+	"github.com/peerd-mesh/peerd/test/ports"
 )
 
 // Defaults of Options.
@@ -86,6 +88,25 @@ func Build(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("building peerd: %w\n%s", err, b)
 	}
 	return out, nil
+}
+
+// MainWithPeerd is a TestMain body for packages that run the real binary:
+// it builds cmd/peerd once into a temporary directory, points *binary at
+// it, runs the tests and removes the directory. It does not return.
+func MainWithPeerd(m *testing.M, binary *string) {
+	dir, err := os.MkdirTemp("", "peerd-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if *binary, err = Build(context.Background(), dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // Start writes every cluster's directories, starts the relays, writes the

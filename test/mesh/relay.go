@@ -30,8 +30,12 @@ type Relay struct {
 
 // NewRelay listens on a free loopback port and relays every connection to
 // target (host:port).
-func NewRelay(target string) (*Relay, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func NewRelay(target string) (*Relay, error) { return NewRelayAt("127.0.0.1:0", target) }
+
+// NewRelayAt is NewRelay on a given address, for a gateway that must be
+// reached where its Gateway's listeners say (say 127.0.0.2:15012).
+func NewRelayAt(listen, target string) (*Relay, error) {
+	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return nil, err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strings"
@@ -215,6 +216,22 @@ func (c *Client) node() *core.Node {
 	return &core.Node{Id: c.cfg.NodeID(), Metadata: &structpb.Struct{Fields: md}}
 }
 
+// streamStatus turns a failed Send into the status the stream ended with:
+// gRPC reports a stream the server ended as io.EOF from Send, and the
+// server's status (a refusal, say) only from Recv.
+func streamStatus(stream grpc.ClientStream, sendErr error) error {
+	if !errors.Is(sendErr, io.EOF) {
+		return sendErr
+	}
+	// Responses still buffered come before the status; the stream is over,
+	// so they are dropped.
+	for {
+		if err := stream.RecvMsg(new(discovery.DeltaDiscoveryResponse)); err != nil {
+			return err
+		}
+	}
+}
+
 // metadata is what every stream sends: Headers and the token.
 func (c *Client) metadata() metadata.MD {
 	md := metadata.New(c.cfg.Headers)
@@ -303,7 +320,7 @@ func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn) error {
 
 	for _, req := range initial {
 		if err := send(req); err != nil {
-			return err
+			return streamStatus(stream, err)
 		}
 	}
 	for {
@@ -313,7 +330,7 @@ func (c *Client) stream(ctx context.Context, conn *grpc.ClientConn) error {
 		}
 		reply := c.apply(resp)
 		if err := send(reply); err != nil {
-			return err
+			return streamStatus(stream, err)
 		}
 		c.mu.Lock()
 		if reply.ErrorDetail == nil {
