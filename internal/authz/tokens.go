@@ -26,11 +26,23 @@ import (
 // Reasons of a token refusal (the reason label of
 // peerd_xds_requests_denied_total).
 const (
-	ReasonNoToken           = "no_token"
+	ReasonNoToken = "no_token"
+	// ReasonMalformedToken: the bearer value is not shaped like a JWT, so
+	// it cannot be a service-account token and is refused without asking
+	// the API server.
+	ReasonMalformedToken    = "malformed_token"
 	ReasonInvalidToken      = "invalid_token"
 	ReasonNotServiceAccount = "not_service_account"
 	ReasonReviewFailed      = "review_failed"
+	// ReasonReviewOverloaded: MaxReviews reviews were already in flight;
+	// the stream ends with Unavailable and the client retries.
+	ReasonReviewOverloaded = "review_overloaded"
 )
+
+// MaxTokenBytes is the longest bearer token reviewed. A service-account
+// token is about 1 KiB; anything past this is refused as malformed before
+// it is decoded.
+const MaxTokenBytes = 16 << 10
 
 // Results of one TokenReview (the result label of peerd_token_reviews_total).
 const (
@@ -91,8 +103,17 @@ type TokenOptions struct {
 	NegativeTTL time.Duration
 	// ReviewTimeout bounds one TokenReview call (default 10 s).
 	ReviewTimeout time.Duration
-	Logger        *zap.Logger
-	Registerer    prometheus.Registerer
+	// MaxReviews bounds the TokenReviews in flight (default 64). The TLS
+	// listener is reachable through the east-west gateway, so anyone can
+	// send tokens, and the cache helps only when a token repeats: without a
+	// bound, a flood of distinct well-formed tokens would queue reviews
+	// without limit and push real ztunnels' reviews past ReviewTimeout.
+	// Past it a new token is refused at once with Unavailable (the client
+	// retries with backoff); checks of a token already being reviewed
+	// still wait for that review.
+	MaxReviews int
+	Logger     *zap.Logger
+	Registerer prometheus.Registerer
 	// now is the clock (tests).
 	now func() time.Time
 }
@@ -116,6 +137,9 @@ func (o TokenOptions) withDefaults() TokenOptions {
 	if o.ReviewTimeout <= 0 {
 		o.ReviewTimeout = 10 * time.Second
 	}
+	if o.MaxReviews <= 0 {
+		o.MaxReviews = 64
+	}
 	if o.Logger == nil {
 		o.Logger = zap.NewNop()
 	}
@@ -130,7 +154,9 @@ func (o TokenOptions) withDefaults() TokenOptions {
 // are cached by the token's SHA-256 (the token itself is never kept or
 // logged): an accepted token until its exp claim (capped at MaxTTL), a
 // refused one for NegativeTTL; a review that failed is not cached.
-// Concurrent checks of one token share one review.
+// Concurrent checks of one token share one review. A value that is not
+// shaped like a JWT is refused without a review, and at most MaxReviews
+// reviews run at once.
 //
 // Concurrency: safe for concurrent use.
 type TokenAuthenticator struct {
@@ -140,8 +166,10 @@ type TokenAuthenticator struct {
 	audienceList string
 	reviews      *prometheus.CounterVec
 
-	mu       sync.Mutex // guards the maps below
-	cache    map[tokenKey]cached
+	mu    sync.Mutex // guards the maps below
+	cache map[tokenKey]cached
+	// inflight holds the reviews in progress, one per token: its size is
+	// what MaxReviews bounds.
 	inflight map[tokenKey]*flight
 }
 
@@ -190,6 +218,14 @@ func NewTokenAuthenticator(r TokenReviewer, opts TokenOptions) *TokenAuthenticat
 			defer a.mu.Unlock()
 			return float64(len(a.cache))
 		}))
+		opts.Registerer.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "peerd_token_reviews_in_flight",
+			Help: "TokenReview calls in progress; new tokens are refused (reason review_overloaded) while it is at the bound.",
+		}, func() float64 {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			return float64(len(a.inflight))
+		}))
 	}
 	return a
 }
@@ -197,11 +233,18 @@ func NewTokenAuthenticator(r TokenReviewer, opts TokenOptions) *TokenAuthenticat
 // Authenticate checks the bearer token in ctx's incoming metadata and
 // returns the service account it authenticates
 // (system:serviceaccount:<ns>:<sa>), or a *xds.Denial: Unauthenticated for
-// a missing or refused token, Unavailable when the review could not be made.
+// a missing, malformed or refused token, Unavailable when the review could
+// not be made or MaxReviews are already in flight.
 func (a *TokenAuthenticator) Authenticate(ctx context.Context) (string, error) {
 	token, denial := a.bearerToken(ctx)
 	if denial != nil {
 		return "", denial
+	}
+	// Checked before the cache: junk costs neither a cache entry nor a
+	// review, however many distinct values a client sends.
+	if _, err := jwtPayload(token); err != nil {
+		return "", &xds.Denial{Identity: Anonymous, Reason: ReasonMalformedToken, Code: codes.Unauthenticated,
+			Message: fmt.Sprintf("the bearer token is not a JWT (%v): ztunnel must send its service-account token (audience %s)", err, a.audienceList)}
 	}
 	key := tokenKey(sha256.Sum256([]byte(token)))
 	now := a.opts.now()
@@ -212,6 +255,11 @@ func (a *TokenAuthenticator) Authenticate(ctx context.Context) (string, error) {
 	}
 	f, ok := a.inflight[key]
 	if !ok {
+		if len(a.inflight) >= a.opts.MaxReviews {
+			a.mu.Unlock()
+			return "", &xds.Denial{Identity: Anonymous, Reason: ReasonReviewOverloaded, Code: codes.Unavailable,
+				Message: fmt.Sprintf("token reviews saturated (%d in flight), retry", a.opts.MaxReviews)}
+		}
 		f = &flight{done: make(chan struct{})}
 		a.inflight[key] = f
 		// The review runs apart from the stream that asked first: if that
@@ -345,13 +393,43 @@ func (a *TokenAuthenticator) positiveTTL(token string, now time.Time) time.Durat
 	return min(exp.Sub(now), a.opts.MaxTTL)
 }
 
-// jwtExpiry returns the exp claim of a JWT's payload.
-func jwtExpiry(token string) (time.Time, bool) {
+// jwtPayload returns the decoded payload of a compact JWT
+// (header.payload.signature, each part base64url, header and payload JSON
+// objects), or what is wrong with its shape. Nothing is verified: this only
+// tells a token the API server could accept from junk, and the error never
+// quotes the token.
+func jwtPayload(token string) ([]byte, error) {
+	if len(token) > MaxTokenBytes {
+		return nil, fmt.Errorf("%d bytes, over %d", len(token), MaxTokenBytes)
+	}
 	parts := strings.Split(token, ".")
 	if len(parts) != 3 {
-		return time.Time{}, false
+		return nil, fmt.Errorf("%d dot-separated parts, want 3", len(parts))
 	}
-	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	var decoded [3][]byte
+	for i, name := range []string{"header", "payload", "signature"} {
+		if parts[i] == "" {
+			return nil, fmt.Errorf("empty %s", name)
+		}
+		b, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[i], "="))
+		if err != nil {
+			return nil, fmt.Errorf("%s is not base64url", name)
+		}
+		decoded[i] = b
+	}
+	for i, name := range []string{"header", "payload"} {
+		// Unmarshalling into a struct fails for anything but an object.
+		var object struct{}
+		if err := json.Unmarshal(decoded[i], &object); err != nil {
+			return nil, fmt.Errorf("%s is not a JSON object", name)
+		}
+	}
+	return decoded[1], nil
+}
+
+// jwtExpiry returns the exp claim of a JWT's payload.
+func jwtExpiry(token string) (time.Time, bool) {
+	payload, err := jwtPayload(token)
 	if err != nil {
 		return time.Time{}, false
 	}

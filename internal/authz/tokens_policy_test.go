@@ -35,7 +35,8 @@ func (r tableReviewer) ReviewToken(_ context.Context, token string, audiences []
 func TestPolicyWithTokens(t *testing.T) {
 	m := newMeshes(t)
 	p := policy
-	p.Tokens = authz.NewTokenAuthenticator(tableReviewer{"good": "system:serviceaccount:istio-system:ztunnel"}, authz.TokenOptions{})
+	good, bad := authz.FakeJWT(`{"sub":"good"}`), authz.FakeJWT(`{"sub":"bad"}`)
+	p.Tokens = authz.NewTokenAuthenticator(tableReviewer{good: "system:serviceaccount:istio-system:ztunnel"}, authz.TokenOptions{})
 	s := newServerWith(t, m, p)
 	_, peerCreds, _ := identity(t, m.mesh, "c2", peerdIn("cluster2.local"))
 
@@ -62,14 +63,24 @@ func TestPolicyWithTokens(t *testing.T) {
 		}
 	})
 	t.Run("bad token over TLS", func(t *testing.T) {
-		z := ztunnelOver(t, s.addr, "bad", credentials.NewTLS(ztunnelTLS(t, m)))
+		z := ztunnelOver(t, s.addr, bad, credentials.NewTLS(ztunnelTLS(t, m)))
 		waitState(t, z, "refusal", func(st *ztunnel.State) bool { return st.LastError != "" })
 		if st := z.Stats(); st.Responses != 0 || !contains(st.LastError, "code = Unauthenticated", "invalid bearer token") {
 			t.Fatalf("client got %d responses, last error %q", st.Responses, st.LastError)
 		}
 	})
+	t.Run("a value that is no JWT over TLS", func(t *testing.T) {
+		z := ztunnelOver(t, s.addr, "not-a-token", credentials.NewTLS(ztunnelTLS(t, m)))
+		waitState(t, z, "refusal", func(st *ztunnel.State) bool { return st.LastError != "" })
+		if st := z.Stats(); st.Responses != 0 || !contains(st.LastError, "code = Unauthenticated", "the bearer token is not a JWT") {
+			t.Fatalf("client got %d responses, last error %q", st.Responses, st.LastError)
+		}
+		if got := s.denied("istio.workload.Address", authz.Anonymous, authz.ReasonMalformedToken); got < 1 {
+			t.Errorf("denied{reason=malformed_token} = %v, want ≥ 1", got)
+		}
+	})
 	t.Run("good token over TLS", func(t *testing.T) {
-		z := ztunnelOver(t, s.addr, "good", credentials.NewTLS(ztunnelTLS(t, m)))
+		z := ztunnelOver(t, s.addr, good, credentials.NewTLS(ztunnelTLS(t, m)))
 		waitState(t, z, "mesh", func(st *ztunnel.State) bool { return st.Ready && len(st.Workloads) == 1 })
 	})
 	t.Run("peer without a token gets federation data", func(t *testing.T) {

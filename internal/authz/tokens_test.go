@@ -2,6 +2,7 @@ package authz
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -63,6 +65,13 @@ func jwt(claims string) string {
 	enc := base64.RawURLEncoding.EncodeToString
 	return enc([]byte(`{"alg":"none"}`)) + "." + enc([]byte(claims)) + ".sig"
 }
+
+// tok and bad are well-formed tokens that only the fake reviewer's table
+// tells apart.
+var (
+	tok = jwt(`{"sub":"system:serviceaccount:ns:sa"}`)
+	bad = jwt(`{"sub":"bad"}`)
+)
 
 func serviceAccount(user string, audiences ...string) authnv1.TokenReviewStatus {
 	return authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: user}, Audiences: audiences}
@@ -182,7 +191,7 @@ func TestTokenTrustIsCapped(t *testing.T) {
 	}{
 		{"exp a year away → MaxTTL", fmt.Sprintf(`{"exp":%d}`, epoch.Add(365*24*time.Hour).Unix()), 10 * time.Minute},
 		{"no exp → NoExpiryTTL", `{"sub":"x"}`, time.Minute},
-		{"payload not JSON → NoExpiryTTL", `not json`, time.Minute},
+		{"exp not a number → NoExpiryTTL", `{"exp":"soon"}`, time.Minute},
 		{"exp as a float", fmt.Sprintf(`{"exp":%d.5}`, epoch.Add(2*time.Minute).Unix()), 2 * time.Minute},
 	}
 	for _, tc := range tests {
@@ -209,23 +218,23 @@ func TestTokenTrustIsCapped(t *testing.T) {
 // API server one review per NegativeTTL.
 func TestTokenRefusedIsCachedBriefly(t *testing.T) {
 	e := newTokenEnv(t, TokenOptions{NegativeTTL: 5 * time.Second})
-	e.rev.answers["bad"] = authnv1.TokenReviewStatus{Error: "[invalid bearer token, token audiences [\"other\"] is invalid for the target audiences [\"istio-ca\"]]"}
+	e.rev.answers[bad] = authnv1.TokenReviewStatus{Error: "[invalid bearer token, token audiences [\"other\"] is invalid for the target audiences [\"istio-ca\"]]"}
 	for range 100 {
-		_, reason, code := e.check(t, "bad")
+		_, reason, code := e.check(t, bad)
 		if reason != ReasonInvalidToken || code != codes.Unauthenticated {
 			t.Fatalf("got %q %v, want %s Unauthenticated", reason, code, ReasonInvalidToken)
 		}
 	}
-	if n := e.rev.callsOf("bad"); n != 1 {
+	if n := e.rev.callsOf(bad); n != 1 {
 		t.Fatalf("%d reviews for 100 tries within NegativeTTL, want 1", n)
 	}
-	_, err := e.auth.Authenticate(withAuthorization("Bearer bad"))
+	_, err := e.auth.Authenticate(withAuthorization("Bearer " + bad))
 	if !strings.Contains(err.Error(), "is invalid for the target audiences") {
 		t.Errorf("message does not carry the API server's reason: %v", err)
 	}
 	e.advance(5 * time.Second)
-	e.check(t, "bad")
-	if n := e.rev.callsOf("bad"); n != 2 {
+	e.check(t, bad)
+	if n := e.rev.callsOf(bad); n != 2 {
 		t.Fatalf("%d reviews after NegativeTTL, want 2", n)
 	}
 	if got := testutil.ToFloat64(e.auth.reviews.WithLabelValues("unauthenticated")); got != 2 {
@@ -239,19 +248,19 @@ func TestTokenReviewErrorIsUnavailableAndNotCached(t *testing.T) {
 	e := newTokenEnv(t, TokenOptions{})
 	e.rev.err = errors.New("connection refused")
 	for i := 1; i <= 3; i++ {
-		_, reason, code := e.check(t, "tok")
+		_, reason, code := e.check(t, tok)
 		if reason != ReasonReviewFailed || code != codes.Unavailable {
 			t.Fatalf("got %q %v, want %s Unavailable", reason, code, ReasonReviewFailed)
 		}
-		if n := e.rev.callsOf("tok"); n != i {
+		if n := e.rev.callsOf(tok); n != i {
 			t.Fatalf("after %d checks, %d reviews: a failed review was cached", i, n)
 		}
 	}
 	e.rev.mu.Lock()
 	e.rev.err = nil
-	e.rev.answers["tok"] = serviceAccount("system:serviceaccount:ns:sa", "istio-ca")
+	e.rev.answers[tok] = serviceAccount("system:serviceaccount:ns:sa", "istio-ca")
 	e.rev.mu.Unlock()
-	if user, reason, _ := e.check(t, "tok"); user == "" {
+	if user, reason, _ := e.check(t, tok); user == "" {
 		t.Fatalf("refused (%s) once the API server answers", reason)
 	}
 	if got := testutil.ToFloat64(e.auth.reviews.WithLabelValues("error")); got != 3 {
@@ -273,8 +282,8 @@ func TestTokenAuthenticatedButNotAcceptable(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newTokenEnv(t, TokenOptions{})
-			e.rev.answers["tok"] = tc.status
-			if _, reason, code := e.check(t, "tok"); reason != tc.reason || code != codes.Unauthenticated {
+			e.rev.answers[tok] = tc.status
+			if _, reason, code := e.check(t, tok); reason != tc.reason || code != codes.Unauthenticated {
 				t.Fatalf("got %q %v, want %s Unauthenticated", reason, code, tc.reason)
 			}
 		})
@@ -295,20 +304,20 @@ func (c countingDone) Done() <-chan struct{} { c.calls.Add(1); return c.Context.
 // and a waiter that leaves does not cancel it for the others.
 func TestConcurrentChecksShareOneReview(t *testing.T) {
 	e := newTokenEnv(t, TokenOptions{})
-	e.rev.answers["tok"] = serviceAccount("system:serviceaccount:ns:sa", "istio-ca")
+	e.rev.answers[tok] = serviceAccount("system:serviceaccount:ns:sa", "istio-ca")
 	release := make(chan struct{})
-	e.rev.block["tok"] = release
+	e.rev.block[tok] = release
 
 	const n = 20
 	var waiting atomic.Int32
 	users := make(chan string, n)
 	for range n {
 		go func() {
-			u, _ := e.auth.Authenticate(countingDone{withAuthorization("Bearer tok"), &waiting})
+			u, _ := e.auth.Authenticate(countingDone{withAuthorization("Bearer " + tok), &waiting})
 			users <- u
 		}()
 	}
-	leaver, leave := context.WithCancel(withAuthorization("Bearer tok"))
+	leaver, leave := context.WithCancel(withAuthorization("Bearer " + tok))
 	left := make(chan error, 1)
 	go func() { _, err := e.auth.Authenticate(leaver); left <- err }()
 	deadline := time.After(10 * time.Second)
@@ -323,7 +332,7 @@ func TestConcurrentChecksShareOneReview(t *testing.T) {
 	if err := <-left; !errors.Is(err, context.Canceled) {
 		t.Fatalf("a check whose stream ended returned %v", err)
 	}
-	if c := e.rev.callsOf("tok"); c != 1 {
+	if c := e.rev.callsOf(tok); c != 1 {
 		t.Fatalf("%d reviews in flight for one token, want 1", c)
 	}
 	close(release)
@@ -332,7 +341,7 @@ func TestConcurrentChecksShareOneReview(t *testing.T) {
 			t.Fatalf("a waiting check got %q", u)
 		}
 	}
-	if c := e.rev.callsOf("tok"); c != 1 {
+	if c := e.rev.callsOf(tok); c != 1 {
 		t.Fatalf("%d reviews, want 1", c)
 	}
 }
@@ -340,7 +349,7 @@ func TestConcurrentChecksShareOneReview(t *testing.T) {
 func TestTokenCacheIsBounded(t *testing.T) {
 	e := newTokenEnv(t, TokenOptions{MaxEntries: 3})
 	for i := range 10 {
-		tok := fmt.Sprintf("tok-%d", i)
+		tok := jwt(fmt.Sprintf(`{"n":%d}`, i))
 		e.rev.answers[tok] = serviceAccount("system:serviceaccount:ns:sa", "istio-ca")
 		e.check(t, tok)
 		e.auth.mu.Lock()
@@ -351,8 +360,9 @@ func TestTokenCacheIsBounded(t *testing.T) {
 		}
 	}
 	// The latest token is always kept.
-	e.check(t, "tok-9")
-	if n := e.rev.callsOf("tok-9"); n != 1 {
+	last := jwt(`{"n":9}`)
+	e.check(t, last)
+	if n := e.rev.callsOf(last); n != 1 {
 		t.Errorf("the token stored last was evicted (%d reviews)", n)
 	}
 }
@@ -370,5 +380,215 @@ func TestIsServiceAccountUser(t *testing.T) {
 		if got := IsServiceAccountUser(user); got != want {
 			t.Errorf("IsServiceAccountUser(%q) = %v, want %v", user, got, want)
 		}
+	}
+}
+
+// TestTokenNotAJWTIsRefusedWithoutReview: the TLS listener is reachable
+// through the east-west gateway; a value that cannot be a service-account
+// token costs no review and no cache entry, however many distinct ones a
+// client sends.
+func TestTokenNotAJWTIsRefusedWithoutReview(t *testing.T) {
+	e := newTokenEnv(t, TokenOptions{})
+	enc := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	header, payload := enc(`{"alg":"RS256"}`), enc(`{"sub":"x"}`)
+	for name, token := range map[string]string{
+		"no dots":                 "not-a-token",
+		"two parts":               header + "." + payload,
+		"four parts":              jwt(`{}`) + ".sig",
+		"empty header":            "." + payload + ".sig",
+		"empty signature":         header + "." + payload + ".",
+		"header not base64url":    "ey!J." + payload + ".sig",
+		"payload not base64url":   header + ".e30+/.sig",
+		"signature not base64url": header + "." + payload + ".s*g",
+		"header not JSON":         enc("RS256") + "." + payload + ".sig",
+		"payload not JSON":        jwt(`not json`),
+		"payload a JSON array":    jwt(`["system:serviceaccount:ns:sa"]`),
+		"payload a JSON string":   jwt(`"system:serviceaccount:ns:sa"`),
+		"over MaxTokenBytes":      jwt(`{"pad":"` + strings.Repeat("a", MaxTokenBytes) + `"}`),
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := e.auth.Authenticate(withAuthorization("Bearer " + token))
+			if _, reason, code := outcome(t, "", err); reason != ReasonMalformedToken || code != codes.Unauthenticated {
+				t.Fatalf("got %q %v, want %s Unauthenticated", reason, code, ReasonMalformedToken)
+			}
+			if msg := err.Error(); !strings.Contains(msg, "is not a JWT") || !strings.Contains(msg, "audience istio-ca") || strings.Contains(msg, token) {
+				t.Errorf("message %q should say what is wrong and what to send, without quoting the token", msg)
+			}
+		})
+	}
+	const n = 1000
+	for i := range n {
+		for _, junk := range []string{fmt.Sprintf("junk-%d", i), header + "." + enc(fmt.Sprintf("junk %d", i)) + ".sig"} {
+			if _, reason, _ := e.check(t, junk); reason != ReasonMalformedToken {
+				t.Fatalf("junk token %d refused with %q, want %s", i, reason, ReasonMalformedToken)
+			}
+		}
+	}
+	if calls := e.rev.totalCalls(); calls != 0 {
+		t.Errorf("%d TokenReviews for tokens that are not JWTs, want 0", calls)
+	}
+	if got := testutil.CollectAndCount(e.auth.reviews); got != 0 {
+		t.Errorf("%d review results counted for tokens never sent to the API", got)
+	}
+	e.auth.mu.Lock()
+	defer e.auth.mu.Unlock()
+	if len(e.auth.cache) != 0 {
+		t.Errorf("%d cache entries for tokens that are not JWTs, want 0", len(e.auth.cache))
+	}
+}
+
+func (f *fakeReviewer) totalCalls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	total := 0
+	for _, n := range f.calls {
+		total += n
+	}
+	return total
+}
+
+// hangingReviewer refuses every token once release is closed, and records
+// how many reviews ran at once.
+type hangingReviewer struct {
+	release chan struct{}
+
+	mu                   sync.Mutex
+	calls, running, peak int
+}
+
+func (r *hangingReviewer) ReviewToken(ctx context.Context, _ string, _ []string) (authnv1.TokenReviewStatus, error) {
+	r.mu.Lock()
+	r.calls++
+	r.running++
+	r.peak = max(r.peak, r.running)
+	r.mu.Unlock()
+	defer func() { r.mu.Lock(); r.running--; r.mu.Unlock() }()
+	select {
+	case <-r.release:
+		return authnv1.TokenReviewStatus{Error: "invalid bearer token"}, nil
+	case <-ctx.Done():
+		return authnv1.TokenReviewStatus{}, ctx.Err()
+	}
+}
+
+func (r *hangingReviewer) counts() (calls, peak int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.calls, r.peak
+}
+
+// checkResult is a check's outcome, for checks run in goroutines (which
+// must not call t.Fatal).
+type checkResult struct {
+	reason string
+	code   codes.Code
+}
+
+func checkAsync(a *TokenAuthenticator, ctx context.Context, results chan<- checkResult) {
+	_, err := a.Authenticate(ctx)
+	var d *xds.Denial
+	switch {
+	case err == nil:
+		results <- checkResult{code: codes.OK}
+	case errors.As(err, &d):
+		results <- checkResult{d.Reason, d.Code}
+	default:
+		results <- checkResult{reason: "not a denial: " + err.Error(), code: codes.Unknown}
+	}
+}
+
+// waitUntil polls cond; the deadline only bounds a failing test.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.After(10 * time.Second)
+	for !cond() {
+		select {
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// TestTokenReviewsInFlightAreCapped: a flood of distinct well-formed tokens
+// (forged, so each needs its own review) starts at most MaxReviews reviews;
+// the rest are refused with Unavailable while those still hang, and a
+// token already under review is still waited for, not refused.
+func TestTokenReviewsInFlightAreCapped(t *testing.T) {
+	const maxReviews, n = 8, 200
+	rev := &hangingReviewer{release: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	// ReviewTimeout far away: only release ends a review, so a refusal
+	// that arrives before it did not wait for one.
+	a := NewTokenAuthenticator(rev, TokenOptions{MaxReviews: maxReviews, ReviewTimeout: time.Hour, Registerer: reg})
+	tokens := make([]string, n)
+	results := make(chan checkResult, n)
+	for i := range n {
+		tokens[i] = jwt(fmt.Sprintf(`{"sub":"forged-%d"}`, i))
+		go checkAsync(a, withAuthorization("Bearer "+tokens[i]), results)
+	}
+	for i := range n - maxReviews {
+		select {
+		case r := <-results:
+			if r.reason != ReasonReviewOverloaded || r.code != codes.Unavailable {
+				t.Fatalf("a check past the bound got %q %v, want %s Unavailable", r.reason, r.code, ReasonReviewOverloaded)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("only %d of %d checks past the bound were refused while the admitted reviews hang", i, n-maxReviews)
+		}
+	}
+	waitUntil(t, fmt.Sprintf("%d reviews to start", maxReviews), func() bool { calls, _ := rev.counts(); return calls >= maxReviews })
+	if calls, peak := rev.counts(); calls != maxReviews || peak > maxReviews {
+		t.Fatalf("%d reviews started, at most %d at once; want %d, at most %d", calls, peak, maxReviews, maxReviews)
+	}
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(fmt.Sprintf(`
+# HELP peerd_token_reviews_in_flight TokenReview calls in progress; new tokens are refused (reason review_overloaded) while it is at the bound.
+# TYPE peerd_token_reviews_in_flight gauge
+peerd_token_reviews_in_flight %d
+`, maxReviews)), "peerd_token_reviews_in_flight"); err != nil {
+		t.Error(err)
+	}
+
+	// A token whose review is in flight joins it, even at the bound.
+	var waiting atomic.Int32
+	joined := make(chan checkResult, 1)
+	var admitted string
+	a.mu.Lock()
+	for _, tok := range tokens {
+		if _, ok := a.inflight[tokenKey(sha256.Sum256([]byte(tok)))]; ok {
+			admitted = tok
+			break
+		}
+	}
+	a.mu.Unlock()
+	if admitted == "" {
+		t.Fatal("no token is under review")
+	}
+	go checkAsync(a, countingDone{withAuthorization("Bearer " + admitted), &waiting}, joined)
+	waitUntil(t, "the check of a token under review to wait for it", func() bool { return waiting.Load() > 0 })
+
+	close(rev.release)
+	for range maxReviews {
+		if r := <-results; r.reason != ReasonInvalidToken || r.code != codes.Unauthenticated {
+			t.Fatalf("an admitted check got %q %v, want the review's verdict", r.reason, r.code)
+		}
+	}
+	if r := <-joined; r.reason != ReasonInvalidToken {
+		t.Fatalf("the check that joined a review got %q %v, want the review's verdict", r.reason, r.code)
+	}
+	// The slots are free again.
+	fresh := jwt(`{"sub":"fresh"}`)
+	checkAsync(a, withAuthorization("Bearer "+fresh), results)
+	if r := <-results; r.reason != ReasonInvalidToken {
+		t.Fatalf("a new token after the reviews ended got %q %v, want it reviewed", r.reason, r.code)
+	}
+	if calls, _ := rev.counts(); calls != maxReviews+1 {
+		t.Errorf("%d reviews, want %d (the joined check must not start one)", calls, maxReviews+1)
+	}
+}
+
+func TestMaxReviewsDefault(t *testing.T) {
+	if got := (TokenOptions{}).withDefaults().MaxReviews; got != 64 {
+		t.Errorf("default MaxReviews = %d, want 64", got)
 	}
 }

@@ -151,7 +151,10 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	if relay == nil {
 		log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd; --istiod-address relays istiod's")
 	}
-	tokens := ztunnelAuthentication(opts, kubeClient, status, log, reg)
+	tokens, err := ztunnelAuthentication(opts, kubeCfg, status, log, reg)
+	if err != nil {
+		return err
+	}
 
 	sources, events, err := startSources(ctx, opts, kubeCfg, index, log, reg)
 	if err != nil {

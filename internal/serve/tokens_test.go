@@ -8,7 +8,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
 
 	"github.com/peerd-mesh/peerd/internal/discovery"
 )
@@ -35,14 +35,18 @@ func TestZtunnelAuthenticationByMode(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			opts := DefaultOptions()
 			opts.ConfigDir, opts.Listen, opts.PlaintextListen = tc.configDir, tc.listen, tc.plaintext
-			var kube kubernetes.Interface
+			// Building the client connects to nothing.
+			var kubeCfg *rest.Config
 			if tc.configDir == "" {
-				kube = fake.NewClientset()
+				kubeCfg = &rest.Config{Host: "https://127.0.0.1:6443"}
 			}
 			core, logs := observer.New(zap.WarnLevel)
 			reg := prometheus.NewRegistry()
 			st := newStatus(discovery.NewIndex(), reg)
-			tokens := ztunnelAuthentication(opts, kube, st, zap.New(core), reg)
+			tokens, err := ztunnelAuthentication(opts, kubeCfg, st, zap.New(core), reg)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if got := tokens != nil; got != tc.wantTokens {
 				t.Errorf("token authenticator built = %v, want %v", got, tc.wantTokens)
 			}
@@ -62,5 +66,26 @@ func TestZtunnelAuthenticationByMode(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTokenReviewClientHasItsOwnRateLimit: the TokenReview client neither
+// shares client-go's default 5 QPS with the informers and status writes nor
+// changes their config.
+func TestTokenReviewClientHasItsOwnRateLimit(t *testing.T) {
+	shared := &rest.Config{Host: "https://127.0.0.1:6443"}
+	client, err := tokenReviewClient(shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, ok := client.(*kubernetes.Clientset).AuthenticationV1().RESTClient().(*rest.RESTClient)
+	if !ok {
+		t.Fatalf("TokenReview REST client is a %T", client.(*kubernetes.Clientset).AuthenticationV1().RESTClient())
+	}
+	if qps := rc.GetRateLimiter().QPS(); qps != tokenReviewQPS {
+		t.Errorf("TokenReview client QPS = %v, want %v", qps, tokenReviewQPS)
+	}
+	if shared.QPS != 0 || shared.Burst != 0 {
+		t.Errorf("the shared config was changed to QPS %v, burst %d", shared.QPS, shared.Burst)
 	}
 }

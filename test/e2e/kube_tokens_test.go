@@ -116,6 +116,13 @@ func TestKubernetesModeAuthenticatesZtunnelTokens(t *testing.T) {
 	t.Run("no token", func(t *testing.T) {
 		refused(t, "", "no_token", "no bearer token in the authorization metadata", "audience istio-ca")
 	})
+	t.Run("a bearer value that is no JWT costs no review", func(t *testing.T) {
+		before, _ := p.metric(t, "peerd_token_reviews_total")
+		refused(t, "not-a-token", "malformed_token", "the bearer token is not a JWT", "audience istio-ca")
+		if after, _ := p.metric(t, "peerd_token_reviews_total"); after != before {
+			t.Errorf("peerd_token_reviews_total went from %v to %v for a value that is no JWT", before, after)
+		}
+	})
 	t.Run("token for another audience", func(t *testing.T) {
 		refused(t, wrongAudience, "invalid_token", "refused by the Kubernetes TokenReview API for audience istio-ca")
 	})
