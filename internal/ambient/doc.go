@@ -16,6 +16,10 @@
 //     workload per (linked cluster, service) (splitHorizonWorkload), the
 //     gateway workloads of each link (linkGatewayAddresses), and the VIPs of
 //     global services (vipAllocator).
+//   - Extension mode (amend.go, docs/extension-mode.md): which outputs are
+//     the mesh's additions (IsMeshAddition), what the mesh amends in a local
+//     source's resources (AmendAddress), and the Merger that lays the model's
+//     mesh over istiod's relayed resources.
 //   - The resource names ztunnel relies on (names.go): a Workload is named by
 //     its uid, a Service by "namespace/hostname"; peerd's own synthetic
 //     workloads are named "<local cluster>/peerd/<kind>/..." so they can

@@ -17,17 +17,22 @@ import (
 	"github.com/peerd-mesh/peerd/internal/discovery/peers"
 	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/xds"
+	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
 )
 
 // modelLoop turns the index's changes into Address cache updates. It is
 // the only writer of that cache and the only reader of the index's changes.
 type modelLoop struct {
+	cfg       ambient.Config
 	model     *ambient.Model
 	index     *discovery.Index
 	addresses *xds.Cache
 	log       *zap.Logger
 	// events is nil unless the source is a Kubernetes API server.
 	events *warningEvents
+	// relay is istiod's stream in extension mode (relay.go); nil in
+	// standalone mode, where the model's output is served as it is.
+	relay *istiodRelay
 
 	// The peering side (see peering.go): exports go to federations, the
 	// istio-remote Gateways to links, VIP allocations to vips, and the time
@@ -63,6 +68,7 @@ type modelLoop struct {
 
 func newModelLoop(cfg ambient.Config, index *discovery.Index, addresses *xds.Cache, events *warningEvents, log *zap.Logger, reg prometheus.Registerer) *modelLoop {
 	m := &modelLoop{
+		cfg:       cfg,
 		gateways:  map[discovery.Key]*gatewayv1.Gateway{},
 		goodLinks: map[discovery.Key]*gatewayv1.Gateway{},
 		model:     ambient.NewModel(cfg),
@@ -101,6 +107,15 @@ func newModelLoop(cfg ambient.Config, index *discovery.Index, addresses *xds.Cac
 	return m
 }
 
+// useRelay makes istiod's stream the local source (extension mode).
+func (m *modelLoop) useRelay(r *istiodRelay) {
+	if r == nil {
+		return
+	}
+	r.merger = ambient.NewMerger(m.cfg)
+	m.relay = r
+}
+
 // run applies changes on every change signal until ctx ends. Signals raised
 // while an update is under way collapse into one more update.
 func (m *modelLoop) run(ctx context.Context) {
@@ -109,6 +124,8 @@ func (m *modelLoop) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-m.index.Changed():
+			m.update()
+		case <-m.relay.changed():
 			m.update()
 		}
 	}
@@ -119,25 +136,27 @@ func (m *modelLoop) run(ctx context.Context) {
 // changed.
 func (m *modelLoop) update() {
 	changes := m.index.TakeChanges()
-	if len(changes) == 0 {
+	var relayed map[string]*workloadpb.Address
+	if m.relay != nil {
+		relayed = m.relay.take()
+	}
+	if len(changes) == 0 && len(relayed) == 0 {
 		return
 	}
-	in := make([]ambient.Change, len(changes))
-	for i, ch := range changes {
-		in[i] = ambient.Change{Ref: objectRef(ch.Key), Object: m.lastGoodLink(ch)}
+	var delta ambient.Delta
+	if len(changes) > 0 {
+		in := make([]ambient.Change, len(changes))
+		for i, ch := range changes {
+			in[i] = ambient.Change{Ref: objectRef(ch.Key), Object: m.lastGoodLink(ch)}
+		}
+		delta = m.model.Apply(in)
 	}
-	delta := m.model.Apply(in)
 	m.syncLinks(changes)
-	upserts := make([]xds.Resource, 0, len(delta.Upserts))
-	for _, a := range delta.Upserts {
-		upserts = append(upserts, xds.Resource{
-			Name:     ambient.ResourceName(a),
-			Aliases:  ambient.LookupKeys(a),
-			MemberOf: ambient.EndpointOf(a),
-			Message:  a,
-		})
+	served, deletes := delta.Upserts, delta.Deletes
+	if m.relay != nil {
+		served, deletes = m.relay.merge(relayed, delta)
 	}
-	m.addresses.Update(upserts, delta.Deletes)
+	m.addresses.Update(resources(served), deletes)
 	m.publishExports(delta)
 	m.observeConvergence(changes)
 	m.updates.Inc()

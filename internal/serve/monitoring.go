@@ -39,6 +39,8 @@ type status struct {
 	rejected func() []error
 	// links are the peer links (nil: none).
 	links *peers.Manager
+	// relay is istiod's stream in extension mode (nil: standalone).
+	relay *istiodRelay
 	// leader is the election of the live-state writer (nil: file mode).
 	leader *leader
 	// meshConfigWait says why start-up waits for the mesh config (empty:
@@ -49,11 +51,16 @@ type status struct {
 func (s *status) setMeshConfigWait(why string) { s.meshConfigWait.Store(&why) }
 
 func newStatus(index *discovery.Index, reg prometheus.Registerer) *status {
+	s := &status{index: index}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "peerd_authorization_source_missing",
-		Help: "1 while peerd has no authorization policy source and serves an empty Authorization set.",
-	}, func() float64 { return 1 }))
-	s := &status{index: index}
+		Help: "1 while peerd has no authorization policy source (standalone mode) and serves an empty Authorization set.",
+	}, func() float64 {
+		if s.relay != nil {
+			return 0
+		}
+		return 1
+	}))
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "peerd_client_authentication_missing",
 		Help: "1 while the TLS listener (--listen) serves ztunnel's types to clients without authenticating them: file mode, which has no TokenReview API (peers are authenticated by certificate; the plaintext listener is unauthenticated by design and not counted here).",
@@ -98,6 +105,9 @@ func (s *status) readiness() (bool, []string) {
 	peersReady, peerLines := peerReadiness(s.links)
 	ready = ready && peersReady
 	lines = append(lines, peerLines...)
+	relayReady, relayLines := s.relay.readiness()
+	ready = ready && relayReady
+	lines = append(lines, relayLines...)
 	if s.leader != nil {
 		lines = append(lines, s.leader.readiness())
 	}
@@ -109,7 +119,9 @@ func (s *status) readiness() (bool, []string) {
 			lines = append(lines, "resource not served in its latest version (previous version kept): "+err.Error())
 		}
 	}
-	lines = append(lines, authorizationGap)
+	if s.relay == nil {
+		lines = append(lines, authorizationGap)
+	}
 	if s.clientAuthMissing.Load() {
 		lines = append(lines, clientAuthenticationGap)
 	}
@@ -127,6 +139,9 @@ func monitoringHandler(reg *prometheus.Registry, st *status, addresses *xds.Cach
 	})
 	if st.links != nil {
 		debug.Handle("/debug/peers", st.links)
+	}
+	if st.relay != nil {
+		debug.HandleFunc("/debug/istiod", st.relay.serveStatus)
 	}
 	debug.HandleFunc("/debug/pprof/", pprof.Index)
 	debug.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

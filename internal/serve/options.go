@@ -37,6 +37,20 @@ type Options struct {
 	// means in-cluster configuration).
 	ConfigDir  string
 	Kubeconfig string
+	// IstiodAddress selects extension mode (docs/extension-mode.md): the
+	// local cluster is istiod's ztunnel stream at this HOST:PORT
+	// (plaintext), relayed with the linked mesh laid over it. Empty:
+	// standalone mode, peerd maps local objects itself.
+	IstiodAddress string
+	// IstiodTLS dials IstiodAddress with TLS (istiod's 15012), trusting
+	// IstiodCAFile (default: --ca-dir's root-cert.pem), checking the name
+	// IstiodServerName (default istiod.<system namespace>.svc), and sends
+	// the service-account token in IstiodTokenFile as ztunnel does
+	// (authorization: Bearer, re-read on every connection: it rotates).
+	IstiodTLS        bool
+	IstiodCAFile     string
+	IstiodServerName string
+	IstiodTokenFile  string
 	// MaxFileSize is the largest manifest file the file source reads.
 	MaxFileSize int64
 
@@ -112,10 +126,13 @@ func DefaultOptions() Options {
 		PeerStaleTTL:            peers.DefaultStaleTTL,
 		PeerSyncTimeout:         peers.DefaultSyncTimeout,
 		ServiceAccount:          "peerd",
-		MeshConfigMap:           meshconfig.DefaultConfigMap,
-		TokenAudiences:          []string{authz.DefaultTokenAudience},
-		VIPv4Range:              netip.MustParsePrefix("240.240.0.0/16"),
-		VIPv6Range:              netip.MustParsePrefix("2001:2::/48"),
+		// Where Kubernetes mounts a projected token with audience istio-ca,
+		// as in ztunnel's and istiod's own pods.
+		IstiodTokenFile: "/var/run/secrets/tokens/istio-token",
+		MeshConfigMap:   meshconfig.DefaultConfigMap,
+		TokenAudiences:  []string{authz.DefaultTokenAudience},
+		VIPv4Range:      netip.MustParsePrefix("240.240.0.0/16"),
+		VIPv6Range:      netip.MustParsePrefix("2001:2::/48"),
 	}
 }
 
@@ -181,6 +198,12 @@ func (o Options) Validate() error {
 	}
 	if o.PeerStaleTTL <= 0 || o.PeerSyncTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("--peer-stale-ttl %v, --peer-sync-timeout %v: must be positive (a lost peer's services need some time to ride out a restart; readiness needs some time for links to sync)", o.PeerStaleTTL, o.PeerSyncTimeout))
+	}
+	if o.IstiodTLS && o.IstiodAddress == "" {
+		errs = append(errs, errors.New("--istiod-tls needs --istiod-address"))
+	}
+	if o.IstiodTLS && o.IstiodCAFile == "" && o.CADir == "" {
+		errs = append(errs, errors.New("--istiod-tls needs --istiod-ca-file (istiod's root certificate) or --ca-dir (its root-cert.pem)"))
 	}
 	if o.ConfigDir == "" && o.Listen != "" && (len(o.TokenAudiences) == 0 || slices.Contains(o.TokenAudiences, "")) {
 		errs = append(errs, fmt.Errorf("--token-audience %q: ztunnel's tokens on --listen are reviewed for these audiences; give at least one, none empty (ztunnel's is %s)", o.TokenAudiences, authz.DefaultTokenAudience))

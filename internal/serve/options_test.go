@@ -24,6 +24,11 @@ func TestValidate(t *testing.T) {
 		{"negative drain duration", func(o *Options) { o.DrainDuration = -1 }, "--drain-duration"},
 		{"no drain window", func(o *Options) { o.DrainDuration = 0 }, ""},
 		{"no file size limit", func(o *Options) { o.MaxFileSize = 0 }, "--max-file-size"},
+		{"istiod over TLS with the ca-dir's root", func(o *Options) { o.IstiodAddress, o.IstiodTLS = "istiod:15012", true }, ""},
+		{"istiod TLS without an address", func(o *Options) { o.IstiodTLS = true }, "--istiod-tls needs --istiod-address"},
+		{"istiod TLS without a root to trust", func(o *Options) {
+			o.IstiodAddress, o.IstiodTLS, o.CADir, o.Listen, o.PlaintextListen = "istiod:15012", true, "", "", "127.0.0.1:15010"
+		}, "--istiod-ca-file"},
 		{"no token audience in Kubernetes mode", func(o *Options) { o.TokenAudiences = nil }, "--token-audience"},
 		{"an empty token audience", func(o *Options) { o.TokenAudiences = []string{"istio-ca", ""} }, "--token-audience"},
 		{"a state namespace of its own", func(o *Options) { o.StateNamespace = "peerd-state" }, ""},

@@ -136,7 +136,14 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	defer stopLiveState()
 	status.leader = leader
 	status.rejected = addresses.RejectedErrors
-	log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd until the istiod relay exists")
+	relay, err := newIstiodRelay(opts, authorizations, log, reg)
+	if err != nil {
+		return err
+	}
+	status.relay = relay
+	if relay == nil {
+		log.Warn("no authorization policy source: ztunnels connected to peerd receive an empty istio.security.Authorization set, so no AuthorizationPolicy is enforced through peerd; --istiod-address relays istiod's")
+	}
 	tokens, err := ztunnelAuthentication(opts, kubeCfg, status, log, reg)
 	if err != nil {
 		return err
@@ -159,6 +166,9 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	}
 	for _, run := range sources {
 		go func() { errc <- run(ctx) }()
+	}
+	if relay != nil {
+		go relay.run(ctx)
 	}
 
 	if kubeClient != nil && opts.MeshConfigMap != "" {
@@ -185,6 +195,9 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	if err := waitSynced(ctx, index, errc); err != nil {
 		return err
 	}
+	if err := relay.waitSynced(ctx, errc); err != nil {
+		return err
+	}
 	// Read once the sources have synced: in Kubernetes mode the VIPs are in
 	// the API, and an API server that is not reachable yet must leave peerd
 	// waiting with /readyz saying why, not exiting. A failure now (RBAC, a
@@ -206,6 +219,7 @@ func Run(ctx context.Context, opts Options, log *zap.Logger) error {
 	}, index, addresses, events, log, reg)
 	model.federations, model.links, model.vips = federations, links, vips
 	model.convergence = convergence
+	model.useRelay(relay)
 	model.update()
 	// The first load decodes every object, and its garbage is several
 	// times the heap that stays live (at 100,000 pods, about 950 MB in use

@@ -480,3 +480,57 @@ func TestChartRefusesBadValues(t *testing.T) {
 		}
 	}
 }
+
+// Extension mode is the chart's default (docs/extension-mode.md): peerd
+// reaches istiod as ztunnel does, so the token it sends must be a projected
+// istio-ca token at --istiod-token-file, and istiod's root the
+// istio-ca-root-cert ConfigMap at --istiod-ca-file. istiod.relay=false is
+// standalone mode: none of it.
+func TestChartExtensionMode(t *testing.T) {
+	helm := findHelm(t)
+	for _, values := range valuesFiles(t) {
+		for _, relay := range []bool{true, false} {
+			d := deployment(t, render(t, helm, values, fmt.Sprintf("istiod.relay=%v", relay)))
+			where := fmt.Sprintf("%s, istiod.relay=%v: Deployment %s/%s", values, relay, d.Namespace, d.Name)
+			pod := d.Spec.Template.Spec
+			c := pod.Containers[0]
+			flags := map[string]string{}
+			for _, a := range c.Args {
+				name, value, _ := strings.Cut(a, "=")
+				flags[name] = value
+			}
+			if _, ok := flags["--istiod-address"]; ok != relay {
+				t.Errorf("%s: --istiod-address given: %v, want %v (args %q)", where, ok, relay, c.Args)
+			}
+			if !relay {
+				continue
+			}
+			if !strings.HasSuffix(flags["--istiod-address"], ":15012") || flags["--istiod-tls"] != "true" {
+				t.Errorf("%s: want TLS to istiod's 15012: %q", where, c.Args)
+			}
+			// volumeAt is the volume mounted read-only at file's directory.
+			volumeAt := func(file string) *corev1.Volume {
+				dir := filepath.Dir(file)
+				for _, m := range c.VolumeMounts {
+					if m.MountPath == dir && m.ReadOnly {
+						if i := slices.IndexFunc(pod.Volumes, func(v corev1.Volume) bool { return v.Name == m.Name }); i >= 0 {
+							return &pod.Volumes[i]
+						}
+					}
+				}
+				return nil
+			}
+			token := volumeAt(flags["--istiod-token-file"])
+			if token == nil || token.Projected == nil || len(token.Projected.Sources) != 1 ||
+				token.Projected.Sources[0].ServiceAccountToken == nil ||
+				token.Projected.Sources[0].ServiceAccountToken.Audience != "istio-ca" ||
+				token.Projected.Sources[0].ServiceAccountToken.Path != filepath.Base(flags["--istiod-token-file"]) {
+				t.Errorf("%s: --istiod-token-file %q is not a projected istio-ca token: %+v", where, flags["--istiod-token-file"], token)
+			}
+			ca := volumeAt(flags["--istiod-ca-file"])
+			if ca == nil || ca.ConfigMap == nil || !strings.HasPrefix(ca.ConfigMap.Name, "istio-ca-root-cert") || filepath.Base(flags["--istiod-ca-file"]) != "root-cert.pem" {
+				t.Errorf("%s: --istiod-ca-file %q is not istiod's root-cert.pem ConfigMap: %+v", where, flags["--istiod-ca-file"], ca)
+			}
+		}
+	}
+}

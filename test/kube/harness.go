@@ -303,12 +303,18 @@ type process struct {
 }
 
 func (c *Cluster) spawn(name, bin string, args ...string) (*process, error) {
+	return c.spawnIn(name, "", nil, bin, args...)
+}
+
+// spawnIn starts bin in dir ("": the test's) with env (nil: the test's).
+func (c *Cluster) spawnIn(name, dir string, env []string, bin string, args ...string) (*process, error) {
 	logPath := filepath.Join(c.Dir, fmt.Sprintf("%s-%d.log", name, len(c.procs)))
 	logFile, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(bin, args...)
+	cmd.Dir, cmd.Env = dir, env
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = childAttrs()

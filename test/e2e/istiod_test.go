@@ -1,0 +1,471 @@
+package e2e
+
+import (
+	"context"
+	"maps"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/peerd-mesh/peerd/internal/ambient"
+	"github.com/peerd-mesh/peerd/internal/discovery"
+	securitypb "github.com/peerd-mesh/peerd/proto/istio/security"
+	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
+	kubeharness "github.com/peerd-mesh/peerd/test/kube"
+	"github.com/peerd-mesh/peerd/test/mesh"
+	"github.com/peerd-mesh/peerd/test/ztunnel"
+)
+
+// Issue 10 section 5 against a real istiod (pilot-discovery, built by
+// hack/istiod-tools.sh) and a real kube-apiserver: a client of peerd in
+// extension mode sees exactly what a client of istiod sees, resource for
+// resource, plus the mesh's additions and amendments and nothing else, and
+// loses nothing while istiod restarts. Skipped without the binary unless
+// PEERD_ISTIOD_REQUIRED=1.
+
+// istiodCluster has what istiod serves and peerd does not map itself: a
+// waypoint (created as istiod's deployment controller would, which cannot
+// run here), a Service using it, and (below) a ServiceEntry, a
+// WorkloadEntry and an AuthorizationPolicy. echo is global for peerd
+// (istiod ignores the label).
+const istiodCluster = `apiVersion: v1
+kind: Namespace
+metadata: {name: apps, labels: {istio.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo
+  namespace: apps
+  labels: {istio.io/use-waypoint: waypoint, solo.io/service-scope: global}
+spec:
+  clusterIP: 10.96.0.20
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: echo-1
+  namespace: apps
+  labels: {app: echo}
+  annotations: {ambient.istio.io/redirection: enabled}
+spec:
+  serviceAccountName: echo
+  nodeName: node-a
+  containers: [{name: echo, image: example.com/echo, ports: [{containerPort: 8080}]}]
+status:
+  phase: Running
+  podIP: 10.1.0.11
+  podIPs: [{ip: 10.1.0.11}]
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: apps}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: waypoint
+  namespace: apps
+  labels: {gateway.istio.io/managed: istio.io-mesh-controller, gateway.networking.k8s.io/gateway-name: waypoint}
+spec:
+  clusterIP: 10.96.0.21
+  selector: {gateway.networking.k8s.io/gateway-name: waypoint}
+  ports: [{name: mesh, port: 15008, targetPort: 15008}]
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: waypoint-1
+  namespace: apps
+  labels: {gateway.istio.io/managed: istio.io-mesh-controller, gateway.networking.k8s.io/gateway-name: waypoint}
+spec:
+  serviceAccountName: waypoint
+  nodeName: node-a
+  containers: [{name: istio-proxy, image: example.com/proxy, ports: [{containerPort: 15008}]}]
+status:
+  phase: Running
+  podIP: 10.1.0.12
+  podIPs: [{ip: 10.1.0.12}]
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: waypoint-abcde
+  namespace: apps
+  labels: {kubernetes.io/service-name: waypoint}
+addressType: IPv4
+endpoints:
+- addresses: [10.1.0.12]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, namespace: apps, name: waypoint-1}
+ports: [{name: mesh, port: 15008, protocol: TCP}]
+`
+
+var istiodObjects = []string{`apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: apps}
+spec:
+  hosts: [db.example.internal]
+  addresses: [192.168.77.10]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector: {labels: {app: db}}
+`, `apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: db-vm, namespace: apps}
+spec: {address: 10.2.0.5, labels: {app: db}, serviceAccount: db}
+`, `apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-client, namespace: apps}
+spec:
+  selector: {matchLabels: {app: echo}}
+  action: ALLOW
+  rules: [{from: [{source: {principals: [cluster.local/ns/apps/sa/client]}}]}]
+`}
+
+const (
+	istiodEcho      = "apps/echo.apps.svc.cluster.local"
+	istiodEchoGlob  = "apps/echo.apps.mesh.internal"
+	istiodDBService = "apps/db.example.internal"
+	istiodVM        = cluster + "/networking.istio.io/WorkloadEntry/apps/db-vm"
+	istiodPolicy    = "apps/allow-client"
+)
+
+// clientView is everything a ztunnel holds: addresses and policies.
+type clientView struct {
+	Addresses      map[string]*workloadpb.Address
+	Authorizations map[string]*securitypb.Authorization
+}
+
+func viewOf(c *ztunnel.Client) clientView {
+	return clientView{Addresses: held(c), Authorizations: c.Authorizations()}
+}
+
+// withMesh is what a client of peerd must hold given what a client of
+// istiod holds: the same, every workload of the global echo Service also in
+// the global service with the same ports, plus the global service, taken
+// from peerd (its VIPs are peerd's; the test checks its shape).
+func withMesh(istiod clientView, global *workloadpb.Address) clientView {
+	out := clientView{Addresses: maps.Clone(istiod.Addresses), Authorizations: istiod.Authorizations}
+	for name, a := range istiod.Addresses {
+		w := a.GetWorkload()
+		ports, ok := w.GetServices()[istiodEcho]
+		if !ok {
+			continue
+		}
+		w = proto.CloneOf(w)
+		w.Services[istiodEchoGlob] = proto.CloneOf(ports)
+		out.Addresses[name] = &workloadpb.Address{Type: &workloadpb.Address_Workload{Workload: w}}
+	}
+	if global != nil {
+		out.Addresses[istiodEchoGlob] = global
+	}
+	return out
+}
+
+func serviceAddress(s *workloadpb.Service) *workloadpb.Address {
+	if s == nil {
+		return nil
+	}
+	return &workloadpb.Address{Type: &workloadpb.Address_Service{Service: s}}
+}
+
+// waitView polls until cond holds for the client's view; on timeout it
+// fails with what describe says. A bound for a stuck control plane, not a
+// latency assertion.
+func waitView(t *testing.T, what string, cond func() bool, describe func() string) {
+	t.Helper()
+	deadline := time.Now().Add(peeringWait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not reached within %s:\n%s", what, peeringWait, describe())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestExtensionModeBesideARealIstiod(t *testing.T) {
+	kubeharness.RequireIstiod(t) // before the API server: a skip should cost nothing
+	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
+	istiod := kube.StartIstiod(t, kubeharness.IstiodOptions{ClusterID: cluster})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	objs, err := discovery.DecodeManifests("istiod-cluster.yaml", []byte(istiodCluster))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.Apply(ctx, objs); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range istiodObjects {
+		if err := kube.ApplyIstio(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	u := connectZtunnel(t, ztunnel.Config{Target: istiod.GRPCAddr, ClusterID: cluster})
+	// istiod maps asynchronously: wait until its own client holds every
+	// kind the relay must not lose, so the comparison below is not vacuous.
+	waitView(t, "istiod's client holding the WorkloadEntry, the ServiceEntry, the policy and echo's waypoint", func() bool {
+		v := viewOf(u)
+		return v.Addresses[istiodVM] != nil && v.Addresses[istiodDBService] != nil && v.Authorizations[istiodPolicy] != nil &&
+			v.Addresses[istiodEcho].GetService().GetWaypoint() != nil
+	}, func() string {
+		return strings.Join(slices.Sorted(maps.Keys(viewOf(u).Addresses)), "\n") + "\npolicies: " + strings.Join(slices.Sorted(maps.Keys(u.Authorizations())), ",")
+	})
+
+	p := startPeerd(t, peerdOptions{Args: []string{"--cluster-name", cluster, "--kubeconfig", kube.Kubeconfig,
+		"--istiod-address", istiod.GRPCAddr, "--peer-sync-timeout", "1s"}})
+	c := connectZtunnel(t, ztunnel.Config{Target: p.PlaintextAddr, ClusterID: cluster})
+
+	// (a) + (b): resource for resource what istiod's client holds, plus the
+	// global service and its key on echo's workloads, and nothing else.
+	same := func(u *ztunnel.Client) func() bool {
+		return func() bool {
+			return cmp.Equal(withMesh(viewOf(u), serviceAddress(c.Services()[istiodEchoGlob])), viewOf(c), protocmp.Transform())
+		}
+	}
+	diff := func(u *ztunnel.Client) func() string {
+		return func() string {
+			return "(-istiod+mesh +peerd)\n" + cmp.Diff(withMesh(viewOf(u), serviceAddress(c.Services()[istiodEchoGlob])), viewOf(c), protocmp.Transform())
+		}
+	}
+	waitView(t, "peerd's client holding istiod's resources plus the mesh", same(u), diff(u))
+	t.Logf("peerd's client holds %d addresses and %d policies, as istiod's client plus the mesh: %s",
+		len(held(c)), len(c.Authorizations()), strings.Join(slices.Sorted(maps.Keys(held(c))), ", "))
+	global := c.Services()[istiodEchoGlob]
+	if global == nil || global.GetHostname() != "echo.apps.mesh.internal" || len(global.GetAddresses()) == 0 {
+		t.Errorf("the global service is missing or has no VIPs: %v", global)
+	}
+	amended := 0
+	for _, w := range c.Workloads() {
+		if _, ok := w.GetServices()[istiodEchoGlob]; ok {
+			amended++
+		}
+	}
+	if amended == 0 {
+		t.Errorf("no workload joined the global service")
+	}
+	if st := c.Stats(); st.NACKs != 0 {
+		t.Errorf("peerd's client NACKed: %s", st.LastNACK)
+	}
+
+	// (c) istiod killed: nothing lost at peerd's client, stale reported.
+	before := viewOf(c)
+	istiod.Stop()
+	waitReadyzContains(t, p, "istiod: stale since")
+	if d := cmp.Diff(before, viewOf(c), protocmp.Transform()); d != "" {
+		t.Errorf("peerd's client lost state while istiod was down (-before +now):\n%s", d)
+	}
+	// A change while istiod is down, seen once it is back.
+	if err := kube.DeleteIstio(ctx, "WorkloadEntry", "apps", "db-vm"); err != nil {
+		t.Fatal(err)
+	}
+	if err := istiod.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitReadyzContains(t, p, "istiod: synced")
+	u2 := connectZtunnel(t, ztunnel.Config{Target: istiod.GRPCAddr, ClusterID: cluster})
+	waitView(t, "istiod's new client without the deleted WorkloadEntry", func() bool { return held(u2)[istiodVM] == nil }, func() string { return "" })
+	waitView(t, "peerd's client converged after istiod's restart", same(u2), diff(u2))
+	if _, ok := held(c)[istiodVM]; ok {
+		t.Errorf("the WorkloadEntry deleted while istiod was down is still held")
+	}
+}
+
+// TestExtensionModeInALinkedMeshBesideARealIstiod is section 5 (b) with
+// real links: cluster1 of the example mesh relays a real istiod that holds
+// cluster1's objects, and is linked to cluster2 and cluster3. Its client
+// holds exactly istiod's resources, amended only as the mesh amends them,
+// plus resources that are mesh additions by name, and nothing else.
+func TestExtensionModeInALinkedMeshBesideARealIstiod(t *testing.T) {
+	kubeharness.RequireIstiod(t)
+	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
+	specs := mesh.ExampleClusters(repoPath("examples", "multicluster"))
+	c1spec := specs[0]
+	istiod := kube.StartIstiod(t, kubeharness.IstiodOptions{ClusterID: c1spec.Name, TrustDomain: c1spec.Name + ".local"})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := kube.ApplyDir(ctx, c1spec.Manifests); err != nil {
+		t.Fatal(err)
+	}
+	m := startLinkedMesh(t, func(o *mesh.Options) {
+		o.Clusters[0].Args = append(o.Clusters[0].Args, "--istiod-address", istiod.GRPCAddr)
+	})
+	c1 := m.Cluster(c1spec.Name)
+	u := connectZtunnel(t, ztunnel.Config{Target: istiod.GRPCAddr, ClusterID: c1.Name, Network: c1.Network, NodeName: "node-a"})
+	c := connectZtunnel(t, c1.ZtunnelConfig("node-a"))
+	cfg := ambient.Config{ClusterID: c1.Name}
+
+	const split2 = "/peerd/SplitHorizon/cluster2/hello/echo"
+	var problems []string
+	waitView(t, "peerd's client holding istiod's resources, amended, plus the mesh", func() bool {
+		iv, pv := viewOf(u), viewOf(c)
+		problems = meshProblems(cfg, iv, pv)
+		return len(problems) == 0 && pv.Addresses[c1.Name+split2] != nil && pv.Addresses["hello/echo.hello.mesh.internal"] != nil
+	}, func() string { return strings.Join(problems, "\n") })
+
+	amended := 0
+	for name, w := range c.Workloads() {
+		if _, ok := w.GetServices()["hello/echo.hello.mesh.internal"]; ok && !ambient.IsMeshAddition(cfg, held(c)[name]) {
+			amended++
+		}
+	}
+	if amended == 0 {
+		t.Errorf("no workload from istiod joined hello/echo's global service")
+	}
+	additions := 0
+	for _, a := range held(c) {
+		if ambient.IsMeshAddition(cfg, a) {
+			additions++
+		}
+	}
+	t.Logf("istiod's client holds %d addresses; peerd's %d: %d mesh additions, %d of istiod's workloads in hello/echo's global service",
+		len(held(u)), len(held(c)), additions, amended)
+}
+
+// meshProblems lists how peerd's view differs from istiod's beyond what the
+// mesh may do: a name istiod serves must be served as istiod serves it,
+// except for services-map keys of global services (with the ports of the
+// plain key beside them) and, on Services, extra SANs and a load_balancing
+// istiod left unset; every other name must be a mesh addition.
+func meshProblems(cfg ambient.Config, istiod, peerd clientView) []string {
+	var problems []string
+	if d := cmp.Diff(istiod.Authorizations, peerd.Authorizations, protocmp.Transform()); d != "" {
+		problems = append(problems, "authorizations differ (-istiod +peerd):\n"+d)
+	}
+	for name := range istiod.Addresses {
+		if peerd.Addresses[name] == nil {
+			problems = append(problems, name+": served by istiod, missing at peerd")
+		}
+	}
+	for name, p := range peerd.Addresses {
+		i := istiod.Addresses[name]
+		if i == nil {
+			if !ambient.IsMeshAddition(cfg, p) {
+				problems = append(problems, name+": served by peerd, neither istiod's nor a mesh addition")
+			}
+			continue
+		}
+		if d := cmp.Diff(i, withoutAmendments(p, i), protocmp.Transform()); d != "" {
+			problems = append(problems, name+": differs from istiod's beyond the mesh's amendments (-istiod +peerd):\n"+d)
+		}
+	}
+	slices.Sort(problems)
+	return problems
+}
+
+// withoutAmendments undoes in p (peerd's version) what the mesh may add to
+// i (istiod's): global services-map keys with the same ports as a plain key
+// p lists, extra SANs, and a load_balancing where i has none.
+func withoutAmendments(p, i *workloadpb.Address) *workloadpb.Address {
+	p = proto.CloneOf(p)
+	if w := p.GetWorkload(); w != nil {
+		for key, ports := range w.GetServices() {
+			if _, ok := i.GetWorkload().GetServices()[key]; ok || !strings.HasSuffix(key, "."+globalSuffix) {
+				continue
+			}
+			ns, host, _ := strings.Cut(key, "/")
+			name, _, _ := strings.Cut(host, ".")
+			plain := ns + "/" + name + "." + ns + ".svc.cluster.local"
+			if proto.Equal(w.GetServices()[plain], ports) {
+				delete(w.Services, key)
+			}
+		}
+	}
+	if s := p.GetService(); s != nil {
+		n := len(s.SubjectAltNames)
+		s.SubjectAltNames = slices.DeleteFunc(s.SubjectAltNames, func(san string) bool {
+			return !slices.Contains(i.GetService().GetSubjectAltNames(), san)
+		})
+		if len(s.SubjectAltNames) == 0 {
+			s.SubjectAltNames = nil
+		}
+		// Only a global-only Service (the one that gains SANs) takes the
+		// mesh's load balancing.
+		if len(s.SubjectAltNames) < n && i.GetService().GetLoadBalancing() == nil {
+			s.LoadBalancing = nil
+		}
+	}
+	return p
+}
+
+// TestExtensionModeOverTLSToARealIstiod: peerd reaches istiod as a ztunnel
+// outside istiod's pod does: TLS to its secure port, istiod's root from the
+// istio-ca-root-cert ConfigMap, and a service-account token with audience
+// istio-ca that istiod reviews with the API server. A token istiod does not
+// accept leaves peerd unready, saying why.
+func TestExtensionModeOverTLSToARealIstiod(t *testing.T) {
+	kubeharness.RequireIstiod(t)
+	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
+	istiod := kube.StartIstiod(t, kubeharness.IstiodOptions{ClusterID: cluster})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	objs, err := discovery.DecodeManifests("istiod-cluster.yaml", []byte(istiodCluster))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.Apply(ctx, objs); err != nil {
+		t.Fatal(err)
+	}
+
+	sa := kube.Kube.CoreV1().ServiceAccounts(kubeharness.IstioSystem)
+	if _, err := sa.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "peerd"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	token, err := sa.CreateToken(ctx, "peerd", &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"istio-ca"}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var root string
+	waitView(t, "istiod's istio-ca-root-cert ConfigMap", func() bool {
+		cm, err := kube.Kube.CoreV1().ConfigMaps(kubeharness.IstioSystem).Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
+		root = cm.Data["root-cert.pem"]
+		return err == nil && root != ""
+	}, func() string { return "" })
+	dir := t.TempDir()
+	rootFile, tokenFile := filepath.Join(dir, "root-cert.pem"), filepath.Join(dir, "istio-token")
+	writeFile(t, rootFile, root)
+	writeFile(t, tokenFile, token.Status.Token)
+
+	args := []string{"--cluster-name", cluster, "--kubeconfig", kube.Kubeconfig, "--peer-sync-timeout", "1s",
+		"--istiod-address", istiod.SecureGRPCAddr, "--istiod-tls", "--istiod-ca-file", rootFile, "--istiod-token-file", tokenFile}
+	p := startPeerd(t, peerdOptions{Args: args})
+	waitReadyzContains(t, p, "istiod: synced")
+	u := connectZtunnel(t, ztunnel.Config{Target: istiod.GRPCAddr, ClusterID: cluster})
+	c := connectZtunnel(t, ztunnel.Config{Target: p.PlaintextAddr, ClusterID: cluster})
+	waitView(t, "peerd's client holding what istiod's holds, plus the mesh", func() bool {
+		return cmp.Equal(withMesh(viewOf(u), serviceAddress(c.Services()[istiodEchoGlob])), viewOf(c), protocmp.Transform())
+	}, func() string {
+		return cmp.Diff(withMesh(viewOf(u), serviceAddress(c.Services()[istiodEchoGlob])), viewOf(c), protocmp.Transform())
+	})
+
+	// A token that is not a service account's: istiod refuses the stream.
+	badToken := filepath.Join(dir, "bad-token")
+	writeFile(t, badToken, "not-a-token")
+	bad := startPeerd(t, peerdOptions{NoWait: true, Args: append(slices.Clone(args[:len(args)-1]), badToken)})
+	waitReadyzContains(t, bad, "Unauthenticated")
+	code, body := bad.get("/readyz")
+	if code == http.StatusOK || !strings.Contains(body, "istiod: not synced yet") {
+		t.Errorf("/readyz %d with a token istiod refuses:\n%s", code, body)
+	}
+	t.Logf("/readyz with a refused token:\n%s", body)
+}
