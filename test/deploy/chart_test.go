@@ -261,7 +261,8 @@ func TestChartPassesServerSideDryRun(t *testing.T) {
 	c := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	createNamespaces(ctx, t, c, systemNS, gatewayNS)
+	// peerd-state: ci/ha-values.yaml keeps the state Secrets there.
+	createNamespaces(ctx, t, c, systemNS, gatewayNS, "peerd-state")
 
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(c.Kube.Discovery()))
 	for _, values := range valuesFiles(t) {

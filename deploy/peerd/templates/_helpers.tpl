@@ -36,3 +36,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- toYaml (merge (deepCopy .Values.podAnnotations) $a) -}}
 {{- end -}}
+
+{{/*
+The state Secrets (internal/kubestate): list by label to load the links,
+get/create/update to save, delete when a link is removed. Their names follow
+the linked clusters, so they cannot be listed by name.
+*/}}
+{{- define "peerd.stateSecretsRule" -}}
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, create, update, delete]
+{{- end -}}
