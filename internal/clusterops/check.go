@@ -338,7 +338,7 @@ func peerdAlive(l *coordinationv1.Lease, now time.Time) (bool, string) {
 		holder = *l.Spec.HolderIdentity
 	}
 	if holder == "" {
-		return false, fmt.Sprintf("Lease %s released: peerd stopped", ref)
+		return false, fmt.Sprintf("Lease %s released: peerd stopped, or gave the Lease up because its status writes kept failing (see its log and peerd_leader_stepdowns_total)", ref)
 	}
 	if l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
 		return false, fmt.Sprintf("Lease %s (holder %s) has no renewTime or leaseDurationSeconds", ref, holder)
