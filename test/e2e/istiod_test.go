@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/http"
 	"path/filepath"
@@ -314,12 +315,19 @@ func TestExtensionModeInALinkedMeshBesideARealIstiod(t *testing.T) {
 	u := connectZtunnel(t, ztunnel.Config{Target: istiod.GRPCAddr, ClusterID: c1.Name, Network: c1.Network, NodeName: "node-a"})
 	c := connectZtunnel(t, c1.ZtunnelConfig("node-a"))
 	cfg := ambient.Config{ClusterID: c1.Name}
+	// The global-only Services of cluster1 (20-hello.yaml, 30-shop.yaml) and
+	// their endpoints' identities in cluster2 and cluster3, where the same
+	// Services are global.
+	scopes := readMeshScopes(ctx, t, kube, map[string][]string{
+		"hello/frontend.hello.svc.cluster.local": {"spiffe://cluster2.local/ns/hello/sa/frontend", "spiffe://cluster3.local/ns/hello/sa/frontend"},
+		"shop/ledger.shop.svc.cluster.local":     {"spiffe://cluster2.local/ns/shop/sa/ledger"},
+	})
 
 	const split2 = "/peerd/SplitHorizon/cluster2/hello/echo"
 	var problems []string
 	waitView(t, "peerd's client holding istiod's resources, amended, plus the mesh", func() bool {
 		iv, pv := viewOf(u), viewOf(c)
-		problems = meshProblems(cfg, iv, pv)
+		problems = meshProblems(cfg, scopes, iv, pv)
 		return len(problems) == 0 && pv.Addresses[c1.Name+split2] != nil && pv.Addresses["hello/echo.hello.mesh.internal"] != nil
 	}, func() string { return strings.Join(problems, "\n") })
 
@@ -342,12 +350,58 @@ func TestExtensionModeInALinkedMeshBesideARealIstiod(t *testing.T) {
 		len(held(u)), len(held(c)), additions, amended)
 }
 
+// meshScopes is what the test knows, independently of peerd, about the
+// linked cluster's global Services: the scope of each by its services-map
+// key (also its resource name, "<ns>/<name>.<ns>.svc.cluster.local"), read
+// from the API server (a Service's own solo.io/service-scope label, else its
+// namespace's), and the SANs each global-only Service must gain: the
+// identities of the remote clusters' endpoints of the same Service.
+type meshScopes struct {
+	scope      map[string]string
+	remoteSANs map[string][]string
+}
+
+// readMeshScopes resolves the scope of every Service the API server holds.
+func readMeshScopes(ctx context.Context, t *testing.T, kube *kubeharness.Cluster, remoteSANs map[string][]string) meshScopes {
+	t.Helper()
+	nss, err := kube.Kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsScope := map[string]string{}
+	for _, ns := range nss.Items {
+		nsScope[ns.Name] = ns.Labels[ambient.LabelServiceScope]
+	}
+	svcs, err := kube.Kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := meshScopes{scope: map[string]string{}, remoteSANs: remoteSANs}
+	for _, s := range svcs.Items {
+		sc, ok := s.Labels[ambient.LabelServiceScope]
+		if !ok {
+			sc = nsScope[s.Namespace]
+		}
+		if sc == ambient.ScopeGlobal || sc == ambient.ScopeGlobalOnly {
+			m.scope[plainKey(s.Namespace, s.Name)] = sc
+		}
+	}
+	for key := range remoteSANs {
+		if m.scope[key] != ambient.ScopeGlobalOnly {
+			t.Fatalf("%s: expected remote SANs for a Service that is not global-only (scope %q)", key, m.scope[key])
+		}
+	}
+	return m
+}
+
 // meshProblems lists how peerd's view differs from istiod's beyond what the
-// mesh may do: a name istiod serves must be served as istiod serves it,
-// except for services-map keys of global services (with the ports of the
-// plain key beside them) and, on Services, extra SANs and a load_balancing
-// istiod left unset; every other name must be a mesh addition.
-func meshProblems(cfg ambient.Config, istiod, peerd clientView) []string {
+// mesh may do, and what the mesh must do but did not: a name istiod serves
+// must be served as istiod serves it, except that a workload of a global or
+// global-only Service carries the global key too (with the plain key's
+// ports; it must), and a global-only Service gains exactly the remote SANs
+// (it must) and may take a load_balancing istiod left unset; every other
+// name must be a mesh addition.
+func meshProblems(cfg ambient.Config, scopes meshScopes, istiod, peerd clientView) []string {
 	var problems []string
 	if d := cmp.Diff(istiod.Authorizations, peerd.Authorizations, protocmp.Transform()); d != "" {
 		problems = append(problems, "authorizations differ (-istiod +peerd):\n"+d)
@@ -365,7 +419,9 @@ func meshProblems(cfg ambient.Config, istiod, peerd clientView) []string {
 			}
 			continue
 		}
-		if d := cmp.Diff(i, withoutAmendments(p, i), protocmp.Transform()); d != "" {
+		stripped, missing := withoutAmendments(scopes, p, i)
+		problems = append(problems, missing...)
+		if d := cmp.Diff(i, stripped, protocmp.Transform()); d != "" {
 			problems = append(problems, name+": differs from istiod's beyond the mesh's amendments (-istiod +peerd):\n"+d)
 		}
 	}
@@ -373,39 +429,58 @@ func meshProblems(cfg ambient.Config, istiod, peerd clientView) []string {
 	return problems
 }
 
-// withoutAmendments undoes in p (peerd's version) what the mesh may add to
-// i (istiod's): global services-map keys with the same ports as a plain key
-// p lists, extra SANs, and a load_balancing where i has none.
-func withoutAmendments(p, i *workloadpb.Address) *workloadpb.Address {
+// withoutAmendments undoes in p (peerd's version of a resource) what the
+// mesh must add to i (istiod's) and says what it should have added but did
+// not: on a workload, the global key of each global Service i lists, with
+// the same ports; on a global-only Service, the remote SANs and a
+// load_balancing where i has none. Anything else peerd changed is left in
+// place for the caller's comparison to find.
+func withoutAmendments(scopes meshScopes, p, i *workloadpb.Address) (*workloadpb.Address, []string) {
 	p = proto.CloneOf(p)
+	var missing []string
 	if w := p.GetWorkload(); w != nil {
-		for key, ports := range w.GetServices() {
-			if _, ok := i.GetWorkload().GetServices()[key]; ok || !strings.HasSuffix(key, "."+globalSuffix) {
+		for plain, ports := range i.GetWorkload().GetServices() {
+			if scopes.scope[plain] == "" {
 				continue
 			}
-			ns, host, _ := strings.Cut(key, "/")
+			ns, host, _ := strings.Cut(plain, "/")
 			name, _, _ := strings.Cut(host, ".")
-			plain := ns + "/" + name + "." + ns + ".svc.cluster.local"
-			if proto.Equal(w.GetServices()[plain], ports) {
+			key := globalKey(ns, name)
+			if _, own := i.GetWorkload().GetServices()[key]; own {
+				continue
+			}
+			got, ok := w.GetServices()[key]
+			if !ok {
+				missing = append(missing, fmt.Sprintf("%s: workload of global %s lacks the key %s", w.GetUid(), plain, key))
+				continue
+			}
+			if proto.Equal(got, ports) {
 				delete(w.Services, key)
 			}
 		}
 	}
-	if s := p.GetService(); s != nil {
-		n := len(s.SubjectAltNames)
+	if s := p.GetService(); s != nil && scopes.scope[p.GetService().GetNamespace()+"/"+s.GetHostname()] == ambient.ScopeGlobalOnly {
+		name := s.GetNamespace() + "/" + s.GetHostname()
+		var extra []string
 		s.SubjectAltNames = slices.DeleteFunc(s.SubjectAltNames, func(san string) bool {
-			return !slices.Contains(i.GetService().GetSubjectAltNames(), san)
+			if slices.Contains(i.GetService().GetSubjectAltNames(), san) {
+				return false
+			}
+			extra = append(extra, san)
+			return true
 		})
 		if len(s.SubjectAltNames) == 0 {
 			s.SubjectAltNames = nil
 		}
-		// Only a global-only Service (the one that gains SANs) takes the
-		// mesh's load balancing.
-		if len(s.SubjectAltNames) < n && i.GetService().GetLoadBalancing() == nil {
+		slices.Sort(extra)
+		if want := slices.Sorted(slices.Values(scopes.remoteSANs[name])); !slices.Equal(extra, want) {
+			missing = append(missing, fmt.Sprintf("%s: global-only Service gained SANs %q, want the remote endpoints' %q", name, extra, want))
+		}
+		if i.GetService().GetLoadBalancing() == nil {
 			s.LoadBalancing = nil
 		}
 	}
-	return p
+	return p, missing
 }
 
 // TestExtensionModeOverTLSToARealIstiod: peerd reaches istiod as a ztunnel
