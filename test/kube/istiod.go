@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,9 +57,21 @@ func RequireIstiod(t testing.TB) string {
 	bin := filepath.Join(IstioToolsDir(), "pilot-discovery")
 	_, err := os.Stat(bin)
 	if err == nil {
-		return bin
+		// hack/istiod-tools.sh records the version it built beside the
+		// binary: a stale build (another Istio than the CRDs installed
+		// and the protos peerd speaks) must not pass for the real one.
+		v, verr := os.ReadFile(bin + ".version")
+		got := strings.TrimSpace(string(v))
+		if verr == nil && got == IstioVersion {
+			return bin
+		}
+		if verr != nil {
+			err = fmt.Errorf("%s: %w", bin+".version", verr)
+		} else {
+			err = fmt.Errorf("%s: built from istio.io/istio %s, want %s", bin, got, IstioVersion)
+		}
 	}
-	msg := fmt.Sprintf("pilot-discovery missing (%v); build it with: hack/istiod-tools.sh (about 25 minutes cold)", err)
+	msg := fmt.Sprintf("pilot-discovery missing or stale (%v); build it with: hack/istiod-tools.sh (about 25 minutes cold)", err)
 	if os.Getenv(EnvIstiodRequired) != "" {
 		t.Fatalf("%s (%s is set, so this is a failure, not a skip)", msg, EnvIstiodRequired)
 	}
