@@ -278,14 +278,21 @@ func TestExtensionModeBesideARealIstiod(t *testing.T) {
 	}
 
 	// (c) istiod killed: nothing lost at peerd's client, stale reported.
+	// From the stop until convergence, the client's removals must be
+	// exactly those of the objects deleted meanwhile: a resource dropped
+	// and re-added (a resync from scratch) shows here, not in the end state.
 	before := viewOf(c)
+	mark := len(c.Removed())
 	istiod.Stop()
 	waitReadyzContains(t, p, "istiod: stale since")
 	if d := cmp.Diff(before, viewOf(c), protocmp.Transform()); d != "" {
 		t.Errorf("peerd's client lost state while istiod was down (-before +now):\n%s", d)
 	}
-	// A change while istiod is down, seen once it is back.
+	// Changes while istiod is down, seen once it is back.
 	if err := kube.DeleteIstio(ctx, "WorkloadEntry", "apps", "db-vm"); err != nil {
+		t.Fatal(err)
+	}
+	if err := kube.DeleteIstio(ctx, "AuthorizationPolicy", "apps", "allow-client"); err != nil {
 		t.Fatal(err)
 	}
 	if err := istiod.Start(ctx); err != nil {
@@ -293,10 +300,13 @@ func TestExtensionModeBesideARealIstiod(t *testing.T) {
 	}
 	waitReadyzContains(t, p, "istiod: synced")
 	u2 := connectZtunnel(t, ztunnel.Config{Target: istiod.GRPCAddr, ClusterID: cluster})
-	waitView(t, "istiod's new client without the deleted WorkloadEntry", func() bool { return held(u2)[istiodVM] == nil }, func() string { return "" })
+	waitView(t, "istiod's new client without the deleted WorkloadEntry and AuthorizationPolicy", func() bool {
+		return held(u2)[istiodVM] == nil && u2.Authorizations()[istiodPolicy] == nil && held(u2)[istiodDBService] != nil
+	}, func() string { return strings.Join(slices.Sorted(maps.Keys(held(u2))), "\n") })
 	waitView(t, "peerd's client converged after istiod's restart", same(u2), diff(u2))
-	if _, ok := held(c)[istiodVM]; ok {
-		t.Errorf("the WorkloadEntry deleted while istiod was down is still held")
+	removed := slices.Sorted(slices.Values(c.Removed()[mark:]))
+	if want := []string{istiodPolicy, istiodVM}; !slices.Equal(removed, want) {
+		t.Errorf("peerd's client saw removals %q from istiod's stop to convergence, want exactly the deleted %q", removed, want)
 	}
 }
 

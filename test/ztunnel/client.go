@@ -137,6 +137,9 @@ type Client struct {
 	send    func(*discovery.DeltaDiscoveryRequest) error
 	cancel  context.CancelFunc // cancels the current stream
 	resetBO bool
+	// removed lists the held names removals took, in order, so a test
+	// can tell what went between two points, not only what is left.
+	removed []string
 }
 
 // New returns a client; Run connects it.
@@ -436,15 +439,18 @@ func (c *Client) removeLocked(typeURL, name string) {
 	case AddressTypeURL:
 		if _, ok := c.state.Workloads[name]; ok {
 			delete(c.state.Workloads, name)
+			c.removed = append(c.removed, name)
 			return
 		}
 		if _, ok := c.state.Services[name]; ok {
 			delete(c.state.Services, name)
+			c.removed = append(c.removed, name)
 			return
 		}
 	case AuthorizationTypeURL:
 		if _, ok := c.state.Authorizations[name]; ok {
 			delete(c.state.Authorizations, name)
+			c.removed = append(c.removed, name)
 			return
 		}
 	}
@@ -534,6 +540,16 @@ func (c *Client) Stats() State {
 	s := c.state
 	s.Workloads, s.Services, s.Authorizations = nil, nil, nil
 	return s
+}
+
+// Removed returns, in order, the names of held resources that removals
+// took since the client started (a removal of a name not held is only
+// counted, in State.UnknownRemovals). Slice it at an earlier length to see
+// what went in between.
+func (c *Client) Removed() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.removed)
 }
 
 // Workloads returns a copy of the held workloads, by resource name.

@@ -360,6 +360,9 @@ func TestUpdatesBeforeRemovalsAndRemovalLookupOrder(t *testing.T) {
 	if _, ok := c.Services()["ns/dup"]; !ok {
 		t.Errorf("service ns/dup removed: only the workload should go")
 	}
+	if got := c.Removed(); !slices.Equal(got, []string{"x", "ns/dup"}) {
+		t.Errorf("Removed() = %q, want [x ns/dup]", got)
+	}
 	// Every response is ACKed with its type and nonce.
 	var acks []string
 	want := []string{
