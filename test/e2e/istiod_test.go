@@ -277,6 +277,17 @@ func TestExtensionModeBesideARealIstiod(t *testing.T) {
 		t.Errorf("peerd's client NACKed: %s", st.LastNACK)
 	}
 
+	// On demand, peerd answers as istiod does: the same names for a
+	// ServiceEntry host, a Service, the waypoint and keys neither serves,
+	// and the bodies istiod's plus the mesh's. Not here: "network/ip" and
+	// workload-uid keys, which this istiod answers under other names (the
+	// key only as an alias, it seems), so the client's lookup never
+	// completes against istiod itself.
+	onDemandLikeIstiod(t, ctx, istiod.GRPCAddr, p.PlaintextAddr, sc, []string{
+		istiodDBService, istiodEcho, "apps/waypoint.apps.svc.cluster.local",
+		"apps/nothing.apps.svc.cluster.local", "/10.9.9.9",
+	})
+
 	// (c) istiod killed: nothing lost at peerd's client, stale reported.
 	// From the stop until convergence, the client's removals must be
 	// exactly those of the objects deleted meanwhile: a resource dropped
@@ -307,6 +318,45 @@ func TestExtensionModeBesideARealIstiod(t *testing.T) {
 	removed := slices.Sorted(slices.Values(c.Removed()[mark:]))
 	if want := []string{istiodPolicy, istiodVM}; !slices.Equal(removed, want) {
 		t.Errorf("peerd's client saw removals %q from istiod's stop to convergence, want exactly the deleted %q", removed, want)
+	}
+}
+
+// onDemandLikeIstiod looks each key up at istiod and at peerd on on-demand
+// subscriptions and requires the same names in both answers, and for each
+// name peerd's body to be istiod's plus the mesh's (as standalone peerd
+// maps it).
+func onDemandLikeIstiod(t *testing.T, ctx context.Context, istiodAddr, peerdAddr string, standalone *ztunnel.Client, keys []string) {
+	t.Helper()
+	uo := ztunnel.Start(t, ztunnel.Config{Target: istiodAddr, ClusterID: cluster, OnDemand: true})
+	co := ztunnel.Start(t, ztunnel.Config{Target: peerdAddr, ClusterID: cluster, OnDemand: true})
+	for _, key := range keys {
+		lctx, cancel := context.WithTimeout(ctx, waitTimeout)
+		fromIstiod, err := uo.Lookup(lctx, key)
+		if err != nil {
+			cancel()
+			t.Errorf("on-demand %s at istiod: %v", key, err)
+			continue
+		}
+		fromPeerd, err := co.Lookup(lctx, key)
+		cancel()
+		if err != nil {
+			t.Errorf("on-demand %s at peerd: %v", key, err)
+			continue
+		}
+		slices.Sort(fromIstiod)
+		slices.Sort(fromPeerd)
+		if !slices.Equal(fromIstiod, fromPeerd) {
+			t.Errorf("on-demand %s: istiod answers %q, peerd %q", key, fromIstiod, fromPeerd)
+			continue
+		}
+		want := withMesh(clientView{Addresses: held(uo)}, viewOf(standalone)).Addresses
+		got := held(co)
+		for _, name := range fromPeerd {
+			if d := cmp.Diff(want[name], got[name], protocmp.Transform()); d != "" {
+				t.Errorf("on-demand %s: %s differs from istiod's plus the mesh (-want +peerd):\n%s", key, name, d)
+			}
+		}
+		t.Logf("on-demand %s: istiod and peerd both answer %q", key, fromPeerd)
 	}
 }
 
