@@ -3,12 +3,14 @@ package ambient
 import (
 	"cmp"
 	"fmt"
+	"iter"
 	"maps"
 	"slices"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/peerd-mesh/peerd/internal/federation"
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
 	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
 )
@@ -162,6 +164,12 @@ type Merger struct {
 	listing map[string]map[string]struct{}
 	// conflicts by resource name.
 	conflicts map[string][]string
+	// modelExports: the model's exports by plain key. Their Capacity and
+	// SANs count the model's own mapping; exported replaces those with
+	// the served workloads' (ServedSummary), and is what was last handed
+	// out.
+	modelExports map[string]*federationpb.FederatedService
+	exported     map[string]*federationpb.FederatedService
 }
 
 // NewMerger returns an empty Merger for the cluster cfg describes (the
@@ -176,6 +184,9 @@ func NewMerger(cfg Config) *Merger {
 		am:          Amendments{Global: map[string]string{}, GlobalOnly: map[string]*workloadpb.Service{}},
 		listing:     map[string]map[string]struct{}{},
 		conflicts:   map[string][]string{},
+
+		modelExports: map[string]*federationpb.FederatedService{},
+		exported:     map[string]*federationpb.FederatedService{},
 	}
 }
 
@@ -187,12 +198,19 @@ type MergeDelta struct {
 	Deletes []string
 	// ConflictsChanged: Conflicts returns something else than before.
 	ConflictsChanged bool
+	// Exports are the exports that are new or changed, sorted by resource
+	// name; Unexports the resource names of those withdrawn, sorted. Like
+	// the model's, with Capacity and SANs counted over what is served.
+	Exports   []*federationpb.FederatedService
+	Unexports []string
 }
 
 // Apply folds one batch into the merge: local are the local source's
 // changes by resource name (nil: removed), model the model's Delta.
 func (m *Merger) Apply(local map[string]*workloadpb.Address, model Delta) MergeDelta {
 	touched := map[string]struct{}{}
+	// exports: the plain keys whose export to recompute.
+	exports := map[string]struct{}{}
 	touchListing := func(key string) {
 		touched[key] = struct{}{} // the plain Service itself
 		for name := range m.listing[key] {
@@ -201,6 +219,8 @@ func (m *Merger) Apply(local map[string]*workloadpb.Address, model Delta) MergeD
 	}
 	for _, e := range model.Exports {
 		plain, global := exportKeys(m.cfg, e.GetNamespace(), e.GetName())
+		m.modelExports[plain] = e
+		exports[plain] = struct{}{}
 		if old, ok := m.exportScope[plain]; ok && old == e.GetScope() {
 			continue
 		}
@@ -212,6 +232,8 @@ func (m *Merger) Apply(local map[string]*workloadpb.Address, model Delta) MergeD
 	for _, name := range model.Unexports {
 		ns, n, _ := strings.Cut(name, "/")
 		plain, _ := exportKeys(m.cfg, ns, n)
+		delete(m.modelExports, plain)
+		exports[plain] = struct{}{}
 		delete(m.exportScope, plain)
 		delete(m.am.Global, plain)
 		m.syncGlobalOnly(plain)
@@ -242,6 +264,14 @@ func (m *Merger) Apply(local map[string]*workloadpb.Address, model Delta) MergeD
 		touched[name] = struct{}{}
 	}
 	for name, a := range local {
+		// A served workload joining, leaving or changing may change the
+		// summary of each service it lists, before or after.
+		for key := range m.local[name].GetWorkload().GetServices() {
+			exports[key] = struct{}{}
+		}
+		for key := range a.GetWorkload().GetServices() {
+			exports[key] = struct{}{}
+		}
 		m.unlist(name, m.local[name])
 		if a == nil {
 			delete(m.local, name)
@@ -269,7 +299,45 @@ func (m *Merger) Apply(local map[string]*workloadpb.Address, model Delta) MergeD
 			out.Upserts = append(out.Upserts, served)
 		}
 	}
+	for key := range exports {
+		m.recomputeExport(key, &out)
+	}
+	slices.SortFunc(out.Exports, func(a, b *federationpb.FederatedService) int {
+		return cmp.Compare(federation.ResourceName(a.GetNamespace(), a.GetName()), federation.ResourceName(b.GetNamespace(), b.GetName()))
+	})
+	slices.Sort(out.Unexports)
 	return out
+}
+
+// recomputeExport refreshes the export of the local Service whose plain
+// key is key (if it has one) and records a change in out.
+func (m *Merger) recomputeExport(key string, out *MergeDelta) {
+	base, old := m.modelExports[key], m.exported[key]
+	if base == nil {
+		if old != nil {
+			delete(m.exported, key)
+			out.Unexports = append(out.Unexports, federation.ResourceName(old.GetNamespace(), old.GetName()))
+		}
+		return
+	}
+	e := proto.CloneOf(base)
+	e.Capacity, e.SubjectAltNames = ServedSummary(m.cfg.TrustDomain, m.servedWorkloads(key))
+	if proto.Equal(old, e) {
+		return
+	}
+	m.exported[key] = e
+	out.Exports = append(out.Exports, e)
+}
+
+// servedWorkloads are the local source's workloads that list key.
+func (m *Merger) servedWorkloads(key string) iter.Seq[*workloadpb.Workload] {
+	return func(yield func(*workloadpb.Workload) bool) {
+		for name := range m.listing[key] {
+			if !yield(m.local[name].GetWorkload()) {
+				return
+			}
+		}
+	}
 }
 
 // syncGlobalOnly keeps am.GlobalOnly[key] the model's Service of a local

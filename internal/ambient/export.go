@@ -3,6 +3,8 @@ package ambient
 import (
 	"cmp"
 	"fmt"
+	"iter"
+	"maps"
 	"slices"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -31,11 +33,7 @@ type exportInput struct {
 // exportService is the FederatedService a global Service is exported as,
 // or nil when the Service is not global.
 //
-// SANs are the identities of its Pod endpoints, Ready or not (readiness is
-// capacity's business, and SANs that follow it would churn every importer's
-// global service); EndpointSlice endpoints that are not Pods have no
-// identity and add none. Capacity counts the endpoints ztunnel would see
-// HEALTHY.
+// Capacity and SANs are ServedSummary's of the Service's endpoints.
 func exportService(in exportInput, w *warnings) *federationpb.FederatedService {
 	if !in.scope.global() {
 		return nil
@@ -49,22 +47,7 @@ func exportService(in exportInput, w *warnings) *federationpb.FederatedService {
 	var discard warnings
 	_, distribution, _ := requestedDistribution(loadBalancingInput{service: s, namespaceAnnotations: nsAnnotations}, &discard)
 
-	var sans []string
-	var capacity uint32
-	for _, wl := range in.endpoints {
-		if wl.GetStatus() == workloadpb.WorkloadStatus_HEALTHY {
-			capacity++
-		}
-		if wl.GetWorkloadType() == workloadpb.WorkloadType_POD {
-			sa := wl.GetServiceAccount()
-			if sa == "" {
-				sa = "default" // what ztunnel assumes
-			}
-			sans = append(sans, spiffeID(in.cfg.TrustDomain, wl.GetNamespace(), sa))
-		}
-	}
-	slices.Sort(sans)
-	sans = slices.Compact(sans)
+	capacity, sans := ServedSummary(in.cfg.TrustDomain, maps.Values(in.endpoints))
 
 	out := &federationpb.FederatedService{
 		Name:                s.Name,
@@ -82,6 +65,35 @@ func exportService(in exportInput, w *warnings) *federationpb.FederatedService {
 		out.CreationTime = timestamppb.New(s.CreationTimestamp.Time)
 	}
 	return out
+}
+
+// ServedSummary is what an export says of a service's served workloads,
+// the same in both modes: standalone mode passes its own mapping of the
+// Pods and EndpointSlices, extension mode what the Merger serves (istiod's
+// workloads, WorkloadEntries included), so a peer sees the same summary
+// whichever mapped the cluster.
+//
+// Capacity counts the workloads ztunnel would see HEALTHY. SANs are the
+// sorted identities of the workloads, Ready or not (readiness is capacity's
+// business, and SANs that follow it would churn every importer's global
+// service). A workload has an identity when it is a Pod (without a service
+// account: "default", as ztunnel assumes) or names its service account (a
+// WorkloadEntry); an EndpointSlice endpoint that is neither has none.
+func ServedSummary(trustDomain string, workloads iter.Seq[*workloadpb.Workload]) (capacity uint32, sans []string) {
+	for wl := range workloads {
+		if wl.GetStatus() == workloadpb.WorkloadStatus_HEALTHY {
+			capacity++
+		}
+		sa := wl.GetServiceAccount()
+		if sa == "" && wl.GetWorkloadType() == workloadpb.WorkloadType_POD {
+			sa = "default"
+		}
+		if sa != "" {
+			sans = append(sans, spiffeID(trustDomain, wl.GetNamespace(), sa))
+		}
+	}
+	slices.Sort(sans)
+	return capacity, slices.Compact(sans)
 }
 
 // exportPorts are the Service's ports sorted by number. Kubernetes allows

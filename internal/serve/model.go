@@ -18,6 +18,7 @@ import (
 	"github.com/peerd-mesh/peerd/internal/federation"
 	"github.com/peerd-mesh/peerd/internal/xds"
 	workloadpb "github.com/peerd-mesh/peerd/proto/istio/workload"
+	federationpb "github.com/peerd-mesh/peerd/proto/peerd/federation/v1"
 )
 
 // modelLoop turns the index's changes into Address cache updates. It is
@@ -153,11 +154,15 @@ func (m *modelLoop) update() {
 	}
 	m.syncLinks(changes)
 	served, deletes := delta.Upserts, delta.Deletes
+	exports, unexports := delta.Exports, delta.Unexports
 	if m.relay != nil {
-		served, deletes = m.relay.merge(relayed, delta)
+		// Exports count what is served: istiod's workloads, not the
+		// model's mapping.
+		merged := m.relay.merge(relayed, delta)
+		served, deletes, exports, unexports = merged.Upserts, merged.Deletes, merged.Exports, merged.Unexports
 	}
 	m.addresses.Update(resources(served), deletes)
-	m.publishExports(delta)
+	m.publishExports(exports, unexports, delta.VIPsChanged)
 	m.observeConvergence(changes)
 	m.updates.Inc()
 	m.changedObjects.Add(float64(len(changes)))
@@ -229,17 +234,17 @@ func (m *modelLoop) syncLinks(changes []discovery.Change) {
 	}
 }
 
-// publishExports serves what the model exports to peers and saves the VIP
+// publishExports serves the exports' changes to peers and saves the VIP
 // allocations (under --state-dir, or in the API in Kubernetes mode).
-func (m *modelLoop) publishExports(delta ambient.Delta) {
-	if m.federations != nil && (len(delta.Exports) > 0 || len(delta.Unexports) > 0) {
-		upserts := make([]xds.Resource, 0, len(delta.Exports))
-		for _, e := range delta.Exports {
+func (m *modelLoop) publishExports(exports []*federationpb.FederatedService, unexports []string, vipsChanged bool) {
+	if m.federations != nil && (len(exports) > 0 || len(unexports) > 0) {
+		upserts := make([]xds.Resource, 0, len(exports))
+		for _, e := range exports {
 			upserts = append(upserts, xds.Resource{Name: federation.ResourceName(e.GetNamespace(), e.GetName()), Message: e})
 		}
-		m.federations.Update(upserts, delta.Unexports)
+		m.federations.Update(upserts, unexports)
 	}
-	if (delta.VIPsChanged || m.releaseUnclaimedVIPs()) && m.vips != nil {
+	if (vipsChanged || m.releaseUnclaimedVIPs()) && m.vips != nil {
 		if err := m.vips.save(m.model.VIPs()); err != nil {
 			// The VIPs in force stay; only a restart could move them.
 			m.log.Error("could not save the VIPs of global services; a restart may give them new ones", zap.Error(err))

@@ -218,13 +218,14 @@ func (r *istiodRelay) take() map[string]*workloadpb.Address {
 	return addresses
 }
 
-// merge lays the model's delta and the relayed changes into what to serve.
-func (r *istiodRelay) merge(local map[string]*workloadpb.Address, delta ambient.Delta) ([]*workloadpb.Address, []string) {
+// merge lays the model's delta and the relayed changes into what to serve
+// and export.
+func (r *istiodRelay) merge(local map[string]*workloadpb.Address, delta ambient.Delta) ambient.MergeDelta {
 	out := r.merger.Apply(local, delta)
 	if out.ConflictsChanged {
 		r.report(r.merger.Conflicts())
 	}
-	return out.Upserts, out.Deletes
+	return out
 }
 
 // report logs and counts each conflict when it appears.
