@@ -214,12 +214,14 @@ func waitView(t *testing.T, what string, cond func() bool, describe func() strin
 	}
 }
 
-func TestExtensionModeBesideARealIstiod(t *testing.T) {
-	kubeharness.RequireIstiod(t) // before the API server: a skip should cost nothing
+// startIstiodCluster starts an API server holding istiodCluster's objects
+// and a real istiod beside it; ctx bounds the test.
+func startIstiodCluster(t *testing.T) (*kubeharness.Cluster, *kubeharness.Istiod, context.Context) {
+	t.Helper()
 	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
 	istiod := kube.StartIstiod(t, kubeharness.IstiodOptions{ClusterID: cluster})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel)
 	objs, err := discovery.DecodeManifests("istiod-cluster.yaml", []byte(istiodCluster))
 	if err != nil {
 		t.Fatal(err)
@@ -227,6 +229,12 @@ func TestExtensionModeBesideARealIstiod(t *testing.T) {
 	if err := kube.Apply(ctx, objs); err != nil {
 		t.Fatal(err)
 	}
+	return kube, istiod, ctx
+}
+
+func TestExtensionModeBesideARealIstiod(t *testing.T) {
+	kubeharness.RequireIstiod(t) // before the API server: a skip should cost nothing
+	kube, istiod, ctx := startIstiodCluster(t)
 	for _, m := range istiodObjects {
 		if err := kube.ApplyIstio(ctx, m); err != nil {
 			t.Fatal(err)
@@ -558,17 +566,7 @@ func withoutAmendments(scopes meshScopes, p, i *workloadpb.Address) (*workloadpb
 // accept leaves peerd unready, saying why.
 func TestExtensionModeOverTLSToARealIstiod(t *testing.T) {
 	kubeharness.RequireIstiod(t)
-	kube := kubeharness.Start(t, kubeharness.Options{GatewayCRDs: true})
-	istiod := kube.StartIstiod(t, kubeharness.IstiodOptions{ClusterID: cluster})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	objs, err := discovery.DecodeManifests("istiod-cluster.yaml", []byte(istiodCluster))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := kube.Apply(ctx, objs); err != nil {
-		t.Fatal(err)
-	}
+	kube, istiod, ctx := startIstiodCluster(t)
 
 	sa := kube.Kube.CoreV1().ServiceAccounts(kubeharness.IstioSystem)
 	if _, err := sa.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "peerd"}}, metav1.CreateOptions{}); err != nil {
