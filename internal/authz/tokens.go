@@ -210,22 +210,22 @@ func NewTokenAuthenticator(r TokenReviewer, opts TokenOptions) *TokenAuthenticat
 	}
 	if opts.Registerer != nil {
 		opts.Registerer.MustRegister(a.reviews)
+		// Both gauges read a map's size under the authenticator's lock.
+		locked := func(size func() int) func() float64 {
+			return func() float64 {
+				a.mu.Lock()
+				defer a.mu.Unlock()
+				return float64(size())
+			}
+		}
 		opts.Registerer.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "peerd_token_review_cache_entries",
 			Help: "Token review results currently cached (accepted and refused tokens).",
-		}, func() float64 {
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			return float64(len(a.cache))
-		}))
+		}, locked(func() int { return len(a.cache) })))
 		opts.Registerer.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "peerd_token_reviews_in_flight",
 			Help: "TokenReview calls in progress; new tokens are refused (reason review_overloaded) while it is at the bound.",
-		}, func() float64 {
-			a.mu.Lock()
-			defer a.mu.Unlock()
-			return float64(len(a.inflight))
-		}))
+		}, locked(func() int { return len(a.inflight) })))
 	}
 	return a
 }
